@@ -1,0 +1,10 @@
+"""d2seg: MMSegmentation's semantic-segmentation model zoo as a Detectron2 plugin.
+
+Importing d2seg registers its meta-architectures, backbones, decode heads and datasets in
+Detectron2's registries and catalogs; nothing else happens at import time.
+"""
+from . import data, modeling  # noqa: F401  (registration)
+from .config import add_d2seg_config
+
+__version__ = "0.1.0"
+__all__ = ["add_d2seg_config", "__version__"]

@@ -1,0 +1,145 @@
+"""d2seg's config keys, added on top of Detectron2's defaults.
+
+Keys Detectron2 already has keep their meaning (``MODEL.SEM_SEG_HEAD.NUM_CLASSES``,
+``IGNORE_VALUE``, ``NORM``, ``LOSS_WEIGHT``, ``CONVS_DIM`` = mmseg's ``channels``, ``INPUT.CROP``,
+``SOLVER.*``). What every decode head shares sits in a *head node*; the same schema is used by
+``MODEL.SEM_SEG_HEAD`` (the decode head), ``MODEL.AUX_HEAD`` (auxiliary head, NAME "" = none) and
+``MODEL.CASCADE_HEAD`` (the first stage of a cascade, e.g. OCRNet's FCN stage). What one method
+needs sits in its own node (``MODEL.PSP_HEAD``, ``MODEL.ASPP_HEAD``, ...), with mmseg's values
+from ``configs/_base_/models/*_r50-d8.py`` as defaults.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_d2seg_config", "add_head_node_keys"]
+
+
+def add_head_node_keys(node: CN, **overrides) -> CN:
+    """Adds the keys every decode head reads (mmseg's ``BaseDecodeHead`` + ``FCNHead`` arguments)."""
+    node.NAME = ""  # registered name in SEM_SEG_HEADS_REGISTRY ("" = no head)
+    node.IN_FEATURES = ["res5"]  # backbone features the head reads (mmseg's in_index)
+    node.INPUT_TRANSFORM = ""  # "" (single input), "resize_concat" or "multiple_select"
+    node.CONVS_DIM = 512  # mmseg's `channels`: width of the head's convs
+    node.NORM = "SyncBN"  # norm of the head's convs, see detectron2.layers.get_norm
+    node.DROPOUT = 0.1  # Dropout2d before the classifier; <= 0 disables it (mmseg dropout_ratio)
+    node.ALIGN_CORNERS = False  # align_corners of every bilinear resize of this head
+    node.LOSS_WEIGHT = 1.0  # weight of this head's loss
+    node.CLASS_WEIGHT = []  # per-class cross-entropy weights; [] = uniform
+    # mmseg's default (False) divides the loss by all pixels, ignored ones included
+    node.LOSS_AVG_NON_IGNORE = False
+    node.NUM_CONVS = 2  # FCN-style heads: number of convs before the classifier
+    node.KERNEL_SIZE = 3  # FCN-style heads: kernel size of those convs
+    node.DILATION = 1  # FCN-style heads: dilation of those convs
+    node.CONCAT_INPUT = True  # FCN-style heads: concat the input with the conv output (conv_cat)
+    for k, v in overrides.items():
+        setattr(node, k, v)
+    return node
+
+
+def add_d2seg_config(cfg: CN) -> None:
+    """Adds d2seg's keys to a Detectron2 config (from ``detectron2.config.get_cfg()``)."""
+    _C = cfg
+    _C.MODEL.META_ARCHITECTURE = "EncoderDecoder"
+
+    # ---- decode heads ------------------------------------------------------------------------
+    # NUM_CLASSES and IGNORE_VALUE (Detectron2's keys) are read from SEM_SEG_HEAD by every head.
+    add_head_node_keys(_C.MODEL.SEM_SEG_HEAD, NAME="FCNHead", NORM="SyncBN")
+    _C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19
+    # Auxiliary head on res4 (mmseg's auxiliary_head); NAME "" = none.
+    _C.MODEL.AUX_HEAD = add_head_node_keys(
+        CN(), NAME="", IN_FEATURES=["res4"], CONVS_DIM=256, NUM_CONVS=1, CONCAT_INPUT=False,
+        LOSS_WEIGHT=0.4,
+    )
+    # First stage of a cascade segmentor (CascadeEncoderDecoder, OCRNet); NAME "" = none.
+    _C.MODEL.CASCADE_HEAD = add_head_node_keys(
+        CN(), NAME="", IN_FEATURES=["res4"], CONVS_DIM=256, NUM_CONVS=1, CONCAT_INPUT=False,
+        LOSS_WEIGHT=0.4,
+    )
+
+    _C.MODEL.PSP_HEAD = CN()
+    _C.MODEL.PSP_HEAD.POOL_SCALES = [1, 2, 3, 6]  # pyramid pooling bins (PSPHead, UPerHead)
+
+    _C.MODEL.ASPP_HEAD = CN()
+    _C.MODEL.ASPP_HEAD.DILATIONS = [1, 12, 24, 36]  # ASPP branch dilations (1 = 1x1 branch)
+    # DeepLabV3+ low-level branch: feature, its channels after the 1x1 projection
+    _C.MODEL.ASPP_HEAD.C1_IN_FEATURE = "res2"
+    _C.MODEL.ASPP_HEAD.C1_CHANNELS = 48
+
+    _C.MODEL.PSA_HEAD = CN()
+    _C.MODEL.PSA_HEAD.MASK_SIZE = [97, 97]  # attention window (h, w); 66x66 in ADE20K configs
+    _C.MODEL.PSA_HEAD.PSA_TYPE = "bi-direction"  # "collect", "distribute" or "bi-direction"
+    _C.MODEL.PSA_HEAD.COMPACT = False  # mmseg's compact mode (transpose the attention)
+    _C.MODEL.PSA_HEAD.SHRINK_FACTOR = 2  # features are downsampled by this before attention
+    _C.MODEL.PSA_HEAD.NORMALIZATION_FACTOR = 1.0  # attention output is divided by this
+    _C.MODEL.PSA_HEAD.PSA_SOFTMAX = True  # softmax over the attention window
+
+    _C.MODEL.GC_HEAD = CN()
+    _C.MODEL.GC_HEAD.RATIO = 0.25  # bottleneck ratio of the context block
+    _C.MODEL.GC_HEAD.POOLING_TYPE = "att"  # "att" (attention pooling) or "avg"
+    _C.MODEL.GC_HEAD.FUSION_TYPES = ["channel_add"]  # "channel_add" and/or "channel_mul"
+
+    _C.MODEL.NL_HEAD = CN()
+    _C.MODEL.NL_HEAD.REDUCTION = 2  # inter channels = channels // reduction
+    _C.MODEL.NL_HEAD.USE_SCALE = True  # divide pairwise weights by sqrt(inter channels)
+    _C.MODEL.NL_HEAD.MODE = "embedded_gaussian"  # pairwise function
+
+    _C.MODEL.CC_HEAD = CN()
+    _C.MODEL.CC_HEAD.RECURRENCE = 2  # times the (single, shared) criss-cross block is applied
+
+    _C.MODEL.DA_HEAD = CN()
+    _C.MODEL.DA_HEAD.PAM_CHANNELS = 64  # key/query channels of the position attention module
+
+    _C.MODEL.ANN_HEAD = CN()
+    _C.MODEL.ANN_HEAD.PROJECT_CHANNELS = 256  # key/query/value channels of AFNB and APNB
+    _C.MODEL.ANN_HEAD.QUERY_SCALES = [1]  # query downsampling scales
+    _C.MODEL.ANN_HEAD.KEY_POOL_SCALES = [1, 3, 6, 8]  # PPM bins pooled into keys/values
+
+    _C.MODEL.OCR_HEAD = CN()
+    _C.MODEL.OCR_HEAD.OCR_CHANNELS = 256  # key/query channels of the object attention block
+    _C.MODEL.OCR_HEAD.SCALE = 1  # spatial downsampling inside the object attention block
+
+    _C.MODEL.UPER_HEAD = CN()
+    _C.MODEL.UPER_HEAD.POOL_SCALES = [1, 2, 3, 6]  # PPM bins on the top feature
+
+    # ---- backbones ---------------------------------------------------------------------------
+    # build_dilated_resnet_backbone reads MODEL.RESNETS: DEPTH, NORM, STEM_OUT_CHANNELS,
+    # RES2_OUT_CHANNELS, STRIDE_IN_1X1 (True = caffe style), OUT_FEATURES, and these:
+    _C.MODEL.RESNETS.STEM_TYPE = "deep"  # "deep" (V1c: 3 x conv3x3) or "basic" (7x7 conv)
+    _C.MODEL.RESNETS.STAGE_STRIDES = [1, 2, 1, 1]  # stride of res2..res5 (OS8)
+    _C.MODEL.RESNETS.STAGE_DILATIONS = [1, 1, 2, 4]  # dilation of res2..res5 (OS8)
+    # first block of a dilated stage uses dilation // 2 (mmseg's contract_dilation)
+    _C.MODEL.RESNETS.CONTRACT_DILATION = True
+
+    _C.MODEL.HRNET = CN()
+    _C.MODEL.HRNET.WIDTH = 18  # 18 or 48 (with STAGE*_NUM_* below); see configs/_base_/models
+    _C.MODEL.HRNET.STAGE1_NUM_BLOCKS = [4]  # bottleneck blocks in stage 1
+    _C.MODEL.HRNET.STAGE2_NUM_MODULES = 1  # HR modules per stage
+    _C.MODEL.HRNET.STAGE3_NUM_MODULES = 4
+    _C.MODEL.HRNET.STAGE4_NUM_MODULES = 3
+    _C.MODEL.HRNET.NUM_BLOCKS = 4  # basic blocks per branch in stages 2-4 (2 for W18-Small)
+    _C.MODEL.HRNET.NORM = "SyncBN"  # norm of all HRNet convs
+    _C.MODEL.HRNET.OUT_FEATURES = ["hr1", "hr2", "hr3", "hr4"]  # branch outputs, stride 4..32
+
+    # ---- data ------------------------------------------------------------------------------
+    # mmseg's Resize: keep-ratio resize inside (long, short) = IMG_SCALE x a ratio from RATIO_RANGE
+    _C.INPUT.IMG_SCALE = [2048, 1024]
+    _C.INPUT.RATIO_RANGE = [0.5, 2.0]  # train-time ratio range; [] = fixed IMG_SCALE
+    _C.INPUT.TEST_IMG_SCALE = [2048, 1024]  # keep-ratio resize at test time; [] = no resize
+    _C.INPUT.SIZE_DIVISIBILITY = 0  # pad training batches to a multiple of this (0 = no)
+    _C.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 0.75  # mmseg's cat_max_ratio of RandomCrop
+    _C.INPUT.PHOTOMETRIC_DISTORTION = True  # mmseg's PhotoMetricDistortion
+    _C.INPUT.REDUCE_ZERO_LABEL = False  # 0 -> 255, k -> k-1 when reading labels (ADE20K)
+    # Validate every label map (values in [0, NUM_CLASSES) or IGNORE_VALUE, size = image size).
+    _C.INPUT.CHECK_LABELS = True
+    # Skip (and log) a sample whose image/label cannot be read instead of failing.
+    _C.INPUT.SKIP_BAD_SAMPLES = False
+    _C.DATALOADER.SEED_WORKERS = True  # seed workers from SEED for reproducible augmentation
+
+    # ---- test --------------------------------------------------------------------------------
+    _C.TEST.MODE = "whole"  # "whole" or "slide" inference (mmseg's test_cfg.mode)
+    _C.TEST.CROP_SIZE = [769, 769]  # slide: window (h, w)
+    _C.TEST.STRIDE = [513, 513]  # slide: step (h, w)
+    _C.TEST.AUG.RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # multi-scale test ratios (TEST.AUG)
+
+    # ---- solver ------------------------------------------------------------------------------
+    _C.SOLVER.POLY_LR_POWER = 0.9  # WarmupPolyLR: lr = (base - min) * (1 - t)^power + min
+    _C.SOLVER.POLY_LR_MIN_LR = 1e-4  # WarmupPolyLR: mmseg's min_lr (absolute)

@@ -1,0 +1,1 @@
+from . import backbone, heads, meta_arch  # noqa: F401  (registration)

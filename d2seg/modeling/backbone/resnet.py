@@ -1,0 +1,124 @@
+"""Dilated ResNet on Detectron2's blocks, in both of mmseg's styles.
+
+- pytorch style, mmseg's ResNetV1c: deep stem (3 x conv3x3 32-32-64), stride on the 3x3 conv
+  (``STEM_TYPE="deep"``, ``STRIDE_IN_1X1=False``);
+- caffe style, Detectron2's MSRA layout: 7x7 stem, stride on the first 1x1 conv
+  (``STEM_TYPE="basic"``, ``STRIDE_IN_1X1=True``), whose module names match
+  ``detectron2://ImageNetPretrained/MSRA/R-50.pkl`` so DetectionCheckpointer loads it as is.
+
+Output stride 8/16/32 comes from per-stage strides and dilations (``STAGE_STRIDES``,
+``STAGE_DILATIONS``); like mmseg's ``contract_dilation`` the first block of a dilated stage uses
+half the dilation.
+"""
+import torch.nn.functional as F
+
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, CNNBlockBase, ResNet
+
+__all__ = ["DeepStem", "DilatedBasicBlock", "build_dilated_resnet_backbone", "RESNET_BLOCKS"]
+
+# depth -> (blocks per stage, bottleneck?)
+RESNET_BLOCKS = {
+    18: ([2, 2, 2, 2], False),
+    34: ([3, 4, 6, 3], False),
+    50: ([3, 4, 6, 3], True),
+    101: ([3, 4, 23, 3], True),
+    152: ([3, 8, 36, 3], True),
+}
+
+
+class DeepStem(CNNBlockBase):
+    """ResNetV1c stem: conv3x3/2 (C/2) - conv3x3 (C/2) - conv3x3 (C), each with norm + ReLU, then
+    a 3x3/2 max pool."""
+
+    def __init__(self, in_channels=3, out_channels=64, norm="BN"):
+        super().__init__(in_channels, out_channels, 4)
+        mid = out_channels // 2
+        widths = [(in_channels, mid, 2), (mid, mid, 1), (mid, out_channels, 1)]
+        for i, (cin, cout, stride) in enumerate(widths, start=1):
+            conv = Conv2d(
+                cin, cout, 3, stride=stride, padding=1, bias=False, norm=get_norm(norm, cout),
+                activation=F.relu,
+            )
+            self.add_module(f"conv{i}", conv)
+
+    def forward(self, x):
+        x = self.conv3(self.conv2(self.conv1(x)))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+class DilatedBasicBlock(CNNBlockBase):
+    """ResNet-18/34 block with mmseg's dilation: the first 3x3 conv is dilated, the second not."""
+
+    def __init__(self, in_channels, out_channels, *, stride=1, norm="BN", dilation=1, **_unused):
+        super().__init__(in_channels, out_channels, stride)
+        self.shortcut = None
+        if in_channels != out_channels or stride != 1:
+            self.shortcut = Conv2d(
+                in_channels, out_channels, 1, stride=stride, bias=False,
+                norm=get_norm(norm, out_channels),
+            )
+        self.conv1 = Conv2d(
+            in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation,
+            bias=False, norm=get_norm(norm, out_channels), activation=F.relu,
+        )
+        self.conv2 = Conv2d(
+            out_channels, out_channels, 3, padding=1, bias=False, norm=get_norm(norm, out_channels)
+        )
+
+    def forward(self, x):
+        out = self.conv2(self.conv1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out + shortcut)
+
+
+def _stage_dilations(num_blocks: int, dilation: int, contract: bool):
+    first = dilation // 2 if (contract and dilation > 1) else dilation
+    return [first] + [dilation] * (num_blocks - 1)
+
+
+@BACKBONE_REGISTRY.register()
+def build_dilated_resnet_backbone(cfg, input_shape: ShapeSpec):
+    """ResNet-18/34/50/101/152 with mmseg's dilation scheme; outputs ``RESNETS.OUT_FEATURES``."""
+    r = cfg.MODEL.RESNETS
+    if r.DEPTH not in RESNET_BLOCKS:
+        raise ValueError(f"MODEL.RESNETS.DEPTH={r.DEPTH} is not one of {sorted(RESNET_BLOCKS)}")
+    if len(r.STAGE_STRIDES) != 4 or len(r.STAGE_DILATIONS) != 4:
+        raise ValueError(
+            "MODEL.RESNETS.STAGE_STRIDES and STAGE_DILATIONS need 4 values (res2..res5), got "
+            f"{list(r.STAGE_STRIDES)} and {list(r.STAGE_DILATIONS)}"
+        )
+    stems = {"deep": DeepStem, "basic": BasicStem}
+    if r.STEM_TYPE not in stems:
+        raise ValueError(f"MODEL.RESNETS.STEM_TYPE={r.STEM_TYPE!r} is not one of {sorted(stems)}")
+    stem = stems[r.STEM_TYPE](input_shape.channels, r.STEM_OUT_CHANNELS, norm=r.NORM)
+
+    num_blocks, bottleneck = RESNET_BLOCKS[r.DEPTH]
+    in_channels = r.STEM_OUT_CHANNELS
+    out_channels = r.RES2_OUT_CHANNELS
+    bottleneck_channels = r.NUM_GROUPS * r.WIDTH_PER_GROUP
+    stages = []
+    for n, stride, dilation in zip(num_blocks, r.STAGE_STRIDES, r.STAGE_DILATIONS):
+        kwargs = dict(
+            num_blocks=n,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            norm=r.NORM,
+            stride_per_block=[stride] + [1] * (n - 1),
+            dilation_per_block=_stage_dilations(n, dilation, r.CONTRACT_DILATION),
+        )
+        if bottleneck:
+            kwargs.update(
+                block_class=BottleneckBlock,
+                bottleneck_channels=bottleneck_channels,
+                num_groups=r.NUM_GROUPS,
+                stride_in_1x1=r.STRIDE_IN_1X1,
+            )
+            bottleneck_channels *= 2
+        else:
+            kwargs.update(block_class=DilatedBasicBlock)
+        stages.append(ResNet.make_stage(**kwargs))
+        in_channels = out_channels
+        out_channels *= 2
+    return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)

@@ -1,0 +1,1 @@
+from .encoder_decoder import EncoderDecoder  # noqa: F401
