@@ -60,7 +60,7 @@ def add_d2seg_config(cfg: CN) -> None:
 
     _C.MODEL.ASPP_HEAD = CN()
     _C.MODEL.ASPP_HEAD.DILATIONS = [1, 12, 24, 36]  # ASPP branch dilations (1 = 1x1 branch)
-    # DeepLabV3+ low-level branch: feature, its channels after the 1x1 projection
+    # DeepLabV3+ low-level branch: feature ("" = none), its channels after the 1x1 projection
     _C.MODEL.ASPP_HEAD.C1_IN_FEATURE = "res2"
     _C.MODEL.ASPP_HEAD.C1_CHANNELS = 48
 
@@ -109,13 +109,14 @@ def add_d2seg_config(cfg: CN) -> None:
     # first block of a dilated stage uses dilation // 2 (mmseg's contract_dilation)
     _C.MODEL.RESNETS.CONTRACT_DILATION = True
 
+    # HRNetV2 (build_hrnet_backbone), mmseg's `extra` with W18 defaults: stage 1 = Bottlenecks,
+    # stages 2-4 = HR modules of BasicBlocks on 2, 3, 4 branches. W18-Small and W48: see
+    # configs/_base_/models/fcn_hr18s.yaml and fcn_hr48.yaml.
     _C.MODEL.HRNET = CN()
-    _C.MODEL.HRNET.WIDTH = 18  # 18 or 48 (with STAGE*_NUM_* below); see configs/_base_/models
-    _C.MODEL.HRNET.STAGE1_NUM_BLOCKS = [4]  # bottleneck blocks in stage 1
-    _C.MODEL.HRNET.STAGE2_NUM_MODULES = 1  # HR modules per stage
-    _C.MODEL.HRNET.STAGE3_NUM_MODULES = 4
-    _C.MODEL.HRNET.STAGE4_NUM_MODULES = 3
-    _C.MODEL.HRNET.NUM_BLOCKS = 4  # basic blocks per branch in stages 2-4 (2 for W18-Small)
+    _C.MODEL.HRNET.STAGE1_CHANNELS = 64  # bottleneck width of stage 1 (its output is 4x this)
+    _C.MODEL.HRNET.BRANCH_CHANNELS = [18, 36, 72, 144]  # hr1..hr4 widths (W48: 48, 96, 192, 384)
+    _C.MODEL.HRNET.NUM_MODULES = [1, 1, 4, 3]  # HR modules per stage; stage 1: 1 (W18-Small: 1,1,3,2)
+    _C.MODEL.HRNET.NUM_BLOCKS = [4, 4, 4, 4]  # blocks per branch in stages 1-4 (W18-Small: 2s)
     _C.MODEL.HRNET.NORM = "SyncBN"  # norm of all HRNet convs
     _C.MODEL.HRNET.OUT_FEATURES = ["hr1", "hr2", "hr3", "hr4"]  # branch outputs, stride 4..32
 

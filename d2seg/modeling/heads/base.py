@@ -148,8 +148,10 @@ class BaseDecodeHead(nn.Module):
         losses = self.losses(logits, targets) if targets is not None else {}
         return logits, losses
 
-    def loss_on(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The weighted loss of ``logits`` (resized to the label size as mmseg does)."""
+    def loss_on(self, logits: torch.Tensor, targets: torch.Tensor,
+                log_accuracy: bool = True) -> torch.Tensor:
+        """The weighted loss of ``logits`` (resized to the label size as mmseg does); extra
+        outputs of a head (DANet's PAM/CAM) pass ``log_accuracy=False``."""
         logits = resize(logits, targets.shape[-2:], self.align_corners)
         loss = cross_entropy(
             logits,
@@ -158,7 +160,7 @@ class BaseDecodeHead(nn.Module):
             class_weight=self.class_weight,
             avg_non_ignore=self.avg_non_ignore,
         )
-        if self.loss_name == "loss_sem_seg":
+        if log_accuracy and self.loss_name == "loss_sem_seg":
             _log_accuracy(logits, targets, self.ignore_value)
         return loss * self.loss_weight
 

@@ -1,0 +1,1 @@
+from .trainer import Trainer, check_config, setup_cfg  # noqa: F401

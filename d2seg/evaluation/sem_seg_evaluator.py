@@ -1,0 +1,131 @@
+"""Detectron2's SemSegEvaluator with MMSegmentation's metric definitions.
+
+Differences from Detectron2's own evaluator, all towards mmseg's numbers:
+- a class absent from the ground truth but predicted somewhere counts with IoU 0 (Detectron2 drops
+  it); only classes absent from both are NaN and left out of the mean (mmseg's nanmean);
+- ground truth of ``reduce_zero_label`` datasets (ADE20K) is mapped 0 -> 255, k -> k-1 as mmseg
+  re-applies it at evaluation time;
+- a per-class IoU/Acc table goes to the log and to ``sem_seg_per_class.json``;
+- no RLE json of every prediction and no boundary IoU unless asked (they dominate evaluation time).
+"""
+import json
+import logging
+import os
+from collections import OrderedDict
+
+import numpy as np
+from tabulate import tabulate
+
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import SemSegEvaluator as D2SemSegEvaluator
+from detectron2.evaluation.sem_seg_evaluation import load_image_into_numpy_array
+from detectron2.utils.comm import all_gather, is_main_process, synchronize
+from detectron2.utils.file_io import PathManager
+
+__all__ = ["SemSegEvaluator", "segmentation_metrics", "reduce_zero_label"]
+
+logger = logging.getLogger(__name__)
+
+
+def reduce_zero_label(label: np.ndarray, ignore_value: int = 255) -> np.ndarray:
+    """mmseg's reduce_zero_label: 0 (often 'other') -> ignore, k -> k-1."""
+    label = label.astype(np.int64)
+    out = label - 1
+    out[label == 0] = ignore_value
+    out[label == ignore_value] = ignore_value
+    return out
+
+
+def segmentation_metrics(conf: np.ndarray):
+    """mmseg's metrics from a (C+1) x (C+1) confusion matrix indexed [pred, gt], whose last
+    row/column collects ignored ground truth. Returns per-class IoU and Acc (NaN where undefined)
+    and the summary metrics in percent."""
+    conf = conf[:-1, :-1].astype(np.float64)
+    intersect = np.diag(conf)
+    area_gt = conf.sum(axis=0)
+    area_pred = conf.sum(axis=1)
+    union = area_gt + area_pred - intersect
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, intersect / union, np.nan)
+        acc = np.where(area_gt > 0, intersect / area_gt, np.nan)
+    freq = area_gt / max(area_gt.sum(), 1)
+    valid = ~np.isnan(iou)
+    summary = {
+        "mIoU": 100 * np.nanmean(iou) if valid.any() else float("nan"),
+        "fwIoU": 100 * float(np.sum(freq[valid] * iou[valid])),
+        "mACC": 100 * np.nanmean(acc) if (~np.isnan(acc)).any() else float("nan"),
+        "pACC": 100 * intersect.sum() / max(area_gt.sum(), 1),
+    }
+    return iou, acc, summary
+
+
+class SemSegEvaluator(D2SemSegEvaluator):
+    """Semantic segmentation evaluator over a registered dataset (see module doc)."""
+
+    def __init__(self, dataset_name, distributed=True, output_dir=None, *, write_predictions=False):
+        meta = MetadataCatalog.get(dataset_name)
+        loading_fn = load_image_into_numpy_array
+        if meta.get("reduce_zero_label", False):
+            ignore = meta.ignore_label
+
+            def loading_fn(filename, dtype=int):  # noqa: F811
+                return reduce_zero_label(load_image_into_numpy_array(filename, dtype=int), ignore)
+
+        super().__init__(dataset_name, distributed, output_dir, sem_seg_loading_fn=loading_fn)
+        self._write_predictions = write_predictions
+        self._compute_boundary_iou = False
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            pred = out["sem_seg"].argmax(dim=0).cpu().numpy().astype(np.int64)
+            gt_file = self.input_file_to_gt_file[inp["file_name"]]
+            gt = self.sem_seg_loading_fn(gt_file, dtype=int)
+            if gt.shape != pred.shape:
+                raise ValueError(
+                    f"prediction for {inp['file_name']} has size {pred.shape} but its label "
+                    f"{gt_file} has size {gt.shape}: the model must output (height, width)"
+                )
+            bad = (gt != self._ignore_label) & ((gt < 0) | (gt >= self._num_classes))
+            if bad.any():
+                raise ValueError(
+                    f"label {gt_file} has values {sorted(set(np.unique(gt[bad]).tolist()))[:10]} "
+                    f"outside [0, {self._num_classes}) and not the ignore value {self._ignore_label}"
+                )
+            gt[gt == self._ignore_label] = self._num_classes
+            self._conf_matrix += np.bincount(
+                (self._num_classes + 1) * pred.reshape(-1) + gt.reshape(-1),
+                minlength=self._conf_matrix.size,
+            ).reshape(self._conf_matrix.shape)
+            if self._write_predictions:
+                self._predictions.extend(self.encode_json_sem_seg(pred, inp["file_name"]))
+
+    def evaluate(self):
+        if self._distributed:
+            synchronize()
+            conf_list = all_gather(self._conf_matrix)
+            if not is_main_process():
+                return
+            self._conf_matrix = np.sum(conf_list, axis=0)
+        iou, acc, summary = segmentation_metrics(self._conf_matrix)
+        res = dict(summary)
+        for name, v in zip(self._class_names, iou):
+            res[f"IoU-{name}"] = 100 * v
+        for name, v in zip(self._class_names, acc):
+            res[f"ACC-{name}"] = 100 * v
+        table = tabulate(
+            [(n, 100 * i, 100 * a) for n, i, a in zip(self._class_names, iou, acc)],
+            headers=["class", "IoU", "Acc"], floatfmt=".2f", tablefmt="pipe",
+        )
+        logger.info(f"Per-class results on {self._dataset_name}:\n{table}")
+        if self._output_dir:
+            PathManager.mkdirs(self._output_dir)
+            per_class = {n: {"IoU": 100 * i, "Acc": 100 * a}
+                         for n, i, a in zip(self._class_names, iou, acc)}
+            with PathManager.open(os.path.join(self._output_dir, "sem_seg_per_class.json"), "w") as f:
+                json.dump({"summary": summary, "per_class": per_class}, f, indent=1)
+            if self._write_predictions:
+                with PathManager.open(
+                    os.path.join(self._output_dir, "sem_seg_predictions.json"), "w"
+                ) as f:
+                    json.dump(self._predictions, f)
+        return OrderedDict({"sem_seg": res})

@@ -1,0 +1,60 @@
+"""Non-local block (embedded Gaussian / dot product), as mmcv 1.7's ``NonLocal2d``."""
+import torch
+from torch import nn
+
+from .conv import conv_norm_act
+
+__all__ = ["NonLocal2d"]
+
+
+class NonLocal2d(nn.Module):
+    """``x + conv_out(softmax(theta(x)^T phi(x)) g(x))`` over all H*W positions.
+
+    ``g``/``theta``/``phi`` are 1x1 convs (bias, no norm) to ``in_channels // reduction``,
+    initialised normal(std=0.01); ``conv_out`` is a 1x1 conv + ``norm`` whose norm weight (or,
+    without a norm, the conv) is zero-initialised, so the block starts as the identity.
+    ``mode``: "embedded_gaussian" (softmax, divided by sqrt(inter channels) if ``use_scale``)
+    or "dot_product" (divided by the number of positions)."""
+
+    def __init__(self, in_channels: int, reduction: int = 2, use_scale: bool = True, *,
+                 norm: str = "", mode: str = "embedded_gaussian"):
+        super().__init__()
+        if mode not in ("embedded_gaussian", "dot_product"):
+            raise ValueError(
+                f"NonLocal2d: mode={mode!r} is not supported ('embedded_gaussian', 'dot_product')"
+            )
+        self.in_channels = in_channels
+        self.inter_channels = max(in_channels // reduction, 1)
+        self.use_scale = use_scale
+        self.mode = mode
+        self.g = conv_norm_act(in_channels, self.inter_channels, 1, activation=False)
+        self.conv_out = conv_norm_act(self.inter_channels, in_channels, 1, norm=norm,
+                                      activation=False)
+        self.theta = conv_norm_act(in_channels, self.inter_channels, 1, activation=False)
+        self.phi = conv_norm_act(in_channels, self.inter_channels, 1, activation=False)
+        for m in (self.g, self.theta, self.phi):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+        # mmcv's zeros_init: zero the norm if there is one, else the conv
+        last = self.conv_out.norm if self.conv_out.norm is not None else self.conv_out
+        nn.init.zeros_(last.weight)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        g_x = self.g(x).view(n, self.inter_channels, -1).transpose(1, 2)  # N x HW x C'
+        theta_x = self.theta(x).view(n, self.inter_channels, -1).transpose(1, 2)
+        phi_x = self.phi(x).view(n, self.inter_channels, -1)  # N x C' x HW
+        pairwise = torch.matmul(theta_x, phi_x)  # N x HW x HW
+        if self.mode == "embedded_gaussian":
+            if self.use_scale:
+                pairwise = pairwise / self.inter_channels ** 0.5
+            pairwise = pairwise.softmax(dim=-1)
+        else:
+            pairwise = pairwise / pairwise.shape[-1]
+        y = torch.matmul(pairwise, g_x).transpose(1, 2).reshape(n, self.inter_channels, h, w)
+        return x + self.conv_out(y)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, inter_channels={self.inter_channels}, mode={self.mode!r}"

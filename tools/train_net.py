@@ -1,0 +1,38 @@
+#!/usr/bin/env python
+"""Train / evaluate a d2seg model with Detectron2's launcher.
+
+    python tools/train_net.py --config-file configs/quickstart.yaml
+    python tools/train_net.py --config-file CFG --num-gpus 8 [KEY VALUE ...]
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS model_final.pth
+"""
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, launch
+
+import d2seg  # noqa: F401  (registers d2seg's models and datasets)
+from d2seg.engine import Trainer, setup_cfg
+
+
+def main(args):
+    cfg = setup_cfg(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
