@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 import d2seg  # noqa: F401
+from d2seg.checkpoint import SegCheckpointer
 from d2seg.data.mappers import SemSegDatasetMapper
 from d2seg.engine import setup_cfg
 
@@ -54,7 +54,7 @@ def main(argv=None):
         p.error("give --input images/folders or --dataset NAME")
     cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts), None)
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    SegCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     mapper = SemSegDatasetMapper(cfg, is_train=False)
     meta = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     if args.dataset:

@@ -5,10 +5,10 @@
     python tools/train_net.py --config-file CFG --num-gpus 8 [KEY VALUE ...]
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS model_final.pth
 """
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
 import d2seg  # noqa: F401  (registers d2seg's models and datasets)
+from d2seg.checkpoint import SegCheckpointer
 from d2seg.engine import Trainer, setup_cfg
 
 
@@ -16,7 +16,7 @@ def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)

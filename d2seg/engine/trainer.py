@@ -1,5 +1,6 @@
 """Detectron2's DefaultTrainer with d2seg's data mappers, evaluators and poly schedule."""
 import logging
+import weakref
 
 import torch
 
@@ -7,6 +8,7 @@ from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_setup
 
+from ..checkpoint import SegCheckpointer
 from ..config import add_d2seg_config
 from ..data.mappers import SemSegDatasetMapper
 from ..evaluation import build_evaluator
@@ -58,6 +60,14 @@ def setup_cfg(args, default_setup_fn=default_setup):
 
 
 class Trainer(DefaultTrainer):
+    def build_hooks(self):
+        # DefaultTrainer made a DetectionCheckpointer just before this call: use the crash-safe,
+        # mmseg-aware one for the periodic checkpoints and resume_or_load.
+        self.checkpointer = SegCheckpointer(
+            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
+
     @classmethod
     def build_train_loader(cls, cfg):
         return build_detection_train_loader(cfg, mapper=SemSegDatasetMapper(cfg, is_train=True))
