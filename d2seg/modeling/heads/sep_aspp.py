@@ -56,7 +56,9 @@ class DepthwiseSeparableASPPHead(ASPPHead):
             DepthwiseSeparableConvModule(
                 self.channels + c1_channels, self.channels, 3, norm=self.norm, padding=1
             ),
-            DepthwiseSeparableConvModule(self.channels, self.channels, 3, norm=self.norm, padding=1),
+            DepthwiseSeparableConvModule(
+                self.channels, self.channels, 3, norm=self.norm, padding=1
+            ),
         )
 
     @classmethod

@@ -19,7 +19,9 @@ class PPM(nn.ModuleList):
     def __init__(self, pool_scales: Sequence[int], in_channels: int, channels: int, *,
                  norm: str, align_corners: bool):
         super().__init__(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_norm_act(in_channels, channels, 1, norm=norm))
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(s), conv_norm_act(in_channels, channels, 1, norm=norm)
+            )
             for s in pool_scales
         )
         self.align_corners = align_corners
