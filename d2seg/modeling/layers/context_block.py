@@ -71,4 +71,5 @@ class ContextBlock(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, planes={self.planes}, pooling={self.pooling_type!r}"
+        return (f"in_channels={self.in_channels}, planes={self.planes}, "
+                f"pooling={self.pooling_type!r}")

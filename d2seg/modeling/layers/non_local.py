@@ -57,4 +57,5 @@ class NonLocal2d(nn.Module):
         return x + self.conv_out(y)
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, inter_channels={self.inter_channels}, mode={self.mode!r}"
+        return (f"in_channels={self.in_channels}, inter_channels={self.inter_channels}, "
+                f"mode={self.mode!r}")
