@@ -144,7 +144,7 @@ def test_cc_head_shapes_and_zero_gamma_after_build():
     assert SEM_SEG_HEADS_REGISTRY.get("CCHead") is CCHead
     assert SEM_SEG_HEADS_REGISTRY.get("PSAHead") is PSAHead
     model = build_model(tiny_cfg(head="CCHead", opts=["MODEL.SEM_SEG_HEAD.NUM_CONVS", 1]))
-    head = model.sem_seg_head
+    head = model.decode_head
     assert len(head.convs) == 2 and head.recurrence == 2 and head.concat_input
     assert head.cca.gamma.scale.item() == 0.0  # Scale(0) after build
     logits, _ = head({"res5": torch.randn(2, head.in_channels, 9, 11)})
