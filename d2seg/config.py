@@ -95,7 +95,7 @@ def add_d2seg_config(cfg: CN) -> None:
 
     _C.MODEL.OCR_HEAD = CN()
     _C.MODEL.OCR_HEAD.OCR_CHANNELS = 256  # key/query channels of the object attention block
-    _C.MODEL.OCR_HEAD.SCALE = 1  # spatial downsampling inside the object attention block
+    _C.MODEL.OCR_HEAD.SCALE = 1  # factor on the logits before the gather softmax; > 1 unsupported
 
     _C.MODEL.UPER_HEAD = CN()
     _C.MODEL.UPER_HEAD.POOL_SCALES = [1, 2, 3, 6]  # PPM bins on the top feature

@@ -7,3 +7,8 @@ from .psp import PSPHead  # noqa: F401
 from .aspp import ASPPHead  # noqa: F401
 from .sep_aspp import DepthwiseSeparableASPPHead  # noqa: F401
 from .uper import UPerHead  # noqa: F401
+from .gc import GCHead  # noqa: F401
+from .nl import NLHead  # noqa: F401
+from .da import DAHead  # noqa: F401
+from .ann import ANNHead  # noqa: F401
+from .ocr import OCRHead  # noqa: F401
