@@ -7,6 +7,8 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import SegCheckpointer
 from ..config import add_d2seg_config
@@ -56,6 +58,7 @@ def setup_cfg(args, default_setup_fn=default_setup):
     check_config(cfg)
     if default_setup_fn is not None:
         default_setup_fn(cfg, args)
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2seg", abbrev_name="d2seg")
     return cfg
 
 

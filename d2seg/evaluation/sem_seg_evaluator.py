@@ -18,7 +18,7 @@ from tabulate import tabulate
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator as D2SemSegEvaluator
-from detectron2.evaluation.sem_seg_evaluation import load_image_into_numpy_array
+from PIL import Image
 from detectron2.utils.comm import all_gather, is_main_process, synchronize
 from detectron2.utils.file_io import PathManager
 
@@ -34,6 +34,19 @@ def reduce_zero_label(label: np.ndarray, ignore_value: int = 255) -> np.ndarray:
     out[label == 0] = ignore_value
     out[label == ignore_value] = ignore_value
     return out
+
+
+def load_label(filename: str, dtype=np.int64) -> np.ndarray:
+    """A label PNG as an integer array (Detectron2's loader uses np.array(copy=False), which
+    numpy 2 rejects)."""
+    with PathManager.open(filename, "rb") as f:
+        img = Image.open(f)
+        if img.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(
+                f"label {filename} has mode {img.mode} ({len(img.getbands())} channels): "
+                "expected a single-channel image of class ids"
+            )
+        return np.asarray(img, dtype=dtype)
 
 
 def segmentation_metrics(conf: np.ndarray):
@@ -64,12 +77,12 @@ class SemSegEvaluator(D2SemSegEvaluator):
 
     def __init__(self, dataset_name, distributed=True, output_dir=None, *, write_predictions=False):
         meta = MetadataCatalog.get(dataset_name)
-        loading_fn = load_image_into_numpy_array
+        loading_fn = load_label
         if meta.get("reduce_zero_label", False):
             ignore = meta.ignore_label
 
             def loading_fn(filename, dtype=int):  # noqa: F811
-                return reduce_zero_label(load_image_into_numpy_array(filename, dtype=int), ignore)
+                return reduce_zero_label(load_label(filename), ignore)
 
         super().__init__(dataset_name, distributed, output_dir, sem_seg_loading_fn=loading_fn)
         self._write_predictions = write_predictions
