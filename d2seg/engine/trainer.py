@@ -6,7 +6,15 @@ import torch
 
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_setup,
+)
+from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -62,14 +70,50 @@ def setup_cfg(args, default_setup_fn=default_setup):
     return cfg
 
 
+def cpu_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """torch's SyncBatchNorm refuses CPU tensors; Detectron2's NaiveSyncBatchNorm all-reduces the
+    statistics over gloo instead (with equal per-process batches, BN over the full batch)."""
+    if isinstance(module, torch.nn.SyncBatchNorm):
+        new = NaiveSyncBatchNorm(module.num_features, module.eps, module.momentum)
+        new.load_state_dict(module.state_dict())
+        new.weight.requires_grad_(module.weight.requires_grad)
+        new.bias.requires_grad_(module.bias.requires_grad)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, cpu_sync_batchnorm(child))
+    return module
+
+
 class Trainer(DefaultTrainer):
-    def build_hooks(self):
-        # DefaultTrainer made a DetectionCheckpointer just before this call: use the crash-safe,
-        # mmseg-aware one for the periodic checkpoints and resume_or_load.
-        self.checkpointer = SegCheckpointer(
-            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+    """DefaultTrainer whose __init__ differs in two places: DDP also wraps CPU models (gloo; Detectron2
+    passes a GPU device id), and checkpoints go through the crash-safe, mmseg-aware SegCheckpointer."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        ddp_kwargs = {"device_ids": None} if cfg.MODEL.DEVICE == "cpu" else {}
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
         )
-        return super().build_hooks()
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = SegCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
+            model = cpu_sync_batchnorm(model)
+        return model
 
     @classmethod
     def build_train_loader(cls, cfg):
