@@ -60,4 +60,4 @@ def test_two_process_launch_on_cpu(tmp_path):
                   "MODEL.SEM_SEG_HEAD.NORM", "SyncBN", "OUTPUT_DIR", out)
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
     rows = read_metrics(out)
-    assert max(r["iteration"] for r in rows) >= 2 and all("total_loss" in r for r in rows)
+    assert max(r["iteration"] for r in rows) >= 2 and any("total_loss" in r for r in rows)
