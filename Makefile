@@ -17,4 +17,5 @@ demo: install
 
 # Tests (what CI runs).
 test: install
+	bash tools/install_test_deps.sh
 	$(PYTHON) -m pytest -q tests

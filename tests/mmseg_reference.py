@@ -77,3 +77,54 @@ def randomize_(model, seed=0):
             b.copy_(torch.randn(b.shape, generator=g) * 0.1)
         elif name.endswith("running_var"):
             b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+
+
+@torch.no_grad()
+def calibrate_bn_(model, img):
+    """Sets every BN's running statistics to those of one training-mode forward of ``img`` (the
+    affine stays random): with random statistics HRNet's fused sums and deep ResNets grow logits
+    to ~1e3; calibrated, the reference logits are of order 1, so a 1e-4 tolerance means something."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: exactly this batch's statistics
+    model.train()
+    model.encode_decode(img, [{}])
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
+
+
+def calibration_images(n=4, size=(64, 96), seed=0):
+    """``n`` random RGB images (uniform 0-255, like the parity tests' inputs) normalised with
+    mmseg's Cityscapes mean/std: BN statistics calibrated on the distribution the test images
+    come from keep the reference logits O(1) (calibrated on N(0, 1) noise instead, a uniform
+    test image gives logits ~100)."""
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    return (torch.rand(n, 3, *size, generator=g) * 255 - mean) / std
+
+
+def save_mmseg_checkpoint(model, path, version="0.x"):
+    """Writes ``model`` as MMSegmentation publishes it: 0.x ``{"meta", "state_dict"}`` (mmcv's
+    save_checkpoint), or 1.x as mmengine's runner does (``meta.dataset_meta``, message_hub,
+    optimizer and param_schedulers entries, data_preprocessor buffers)."""
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    head = model.decode_head
+    head = head[-1] if isinstance(head, torch.nn.ModuleList) else head  # cascade: last stage
+    classes = [f"c{i}" for i in range(head.num_classes)]
+    if version == "0.x":
+        data = {"meta": {"mmseg_version": "0.30.0", "mmcv_version": "1.7.2", "CLASSES": classes,
+                         "PALETTE": [[0, 0, 0]] * len(classes), "config": "# test"},
+                "state_dict": sd}
+    else:
+        # mmseg 1.x's SegDataPreProcessor keeps mean/std non-persistent; custom pre-processors
+        # (or older mmengine) may save them: the converter must drop them
+        sd["data_preprocessor.mean"] = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+        sd["data_preprocessor.std"] = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+        data = {"meta": {"mmengine_version": "0.10.3", "dataset_meta": {"classes": classes},
+                         "epoch": 0, "iter": 40000},
+                "state_dict": sd, "message_hub": {"log_scalars": {}},
+                "optimizer": {"state": {}, "param_groups": []}, "param_schedulers": []}
+    torch.save(data, path)

@@ -1,10 +1,17 @@
-"""Detectron2's DetectionCheckpointer with crash-safe saving and MMSegmentation checkpoints.
+"""Detectron2's DetectionCheckpointer with crash-safe saving, strict loading and the checkpoint
+formats d2seg users own.
 
 - ``save`` writes to a temporary file in the same folder, flushes it to disk and renames it into
   place, and ``last_checkpoint`` is replaced the same way: a run killed at any moment leaves either
   the previous or the new checkpoint, never a truncated one.
-- ``_load_file`` recognises an MMSegmentation checkpoint (``state_dict`` with ``backbone.`` /
-  ``decode_head.`` keys, optionally ``meta``) and renames its keys to d2seg's.
+- ``_load_file`` recognises, from the keys: d2seg/Detectron2 checkpoints (``{"model": ...}``),
+  MMSegmentation 0.x/1.x checkpoints (converted, see convert.py), ImageNet backbones
+  (open-mmlab ResNetV1c, torchvision ResNet, HRNetV2, mmcls; see backbones.py: their keys get
+  the ``backbone.`` prefix and the heads keep their initialisation) and, through Detectron2,
+  ``.pkl`` files (MSRA caffe ``R-50.pkl``/``R-101.pkl``, Detectron2 model zoo).
+- ``_load_model`` is strict (compat.py): a checkpoint of another method, backbone or class count
+  raises :class:`CheckpointMismatchError` naming the keys, never a half-loaded model; it logs
+  how many tensors were loaded and which were skipped or kept as initialised.
 - A file that is not a checkpoint (truncated, another format) fails naming the file.
 """
 import os
@@ -13,8 +20,13 @@ import tempfile
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
-from .mmseg import convert_mmseg_state_dict
+from .backbones import CLASSIFIER_KEYS, convert_backbone_state_dict, detect_backbone_format
+from .compat import CheckpointMismatchError, check_state_dict, group_keys
+from .convert import (
+    load_mmseg_checkpoint, looks_like_mmseg, read_checkpoint_file, unwrap_state_dict,
+)
 
 __all__ = ["SegCheckpointer", "atomic_torch_save", "is_mmseg_checkpoint"]
 
@@ -46,13 +58,26 @@ def _atomic_write_text(text: str, path: str) -> None:
 
 
 def is_mmseg_checkpoint(data) -> bool:
-    sd = data.get("state_dict") if isinstance(data, dict) else None
-    return isinstance(sd, dict) and any(
-        k.startswith(("decode_head.", "backbone.", "auxiliary_head.")) for k in sd
-    )
+    """A loaded object that is an MMSegmentation segmentor checkpoint."""
+    try:
+        sd, _, container = unwrap_state_dict(data)
+        return container != "model" and looks_like_mmseg(sd)
+    except RuntimeError:
+        return False
 
 
 class SegCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer, strict by default: a checkpoint that does not fit the model
+    (another method, backbone, depth or class count) raises :class:`CheckpointMismatchError`
+    naming the keys instead of loading what fits; ``strict=False`` restores Detectron2's
+    warn-and-continue behaviour."""
+
+    def __init__(self, model, save_dir="", *, strict: bool = True, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.strict = strict
+        self.last_report = None
+        self._current_file = None
+
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
@@ -71,31 +96,99 @@ class SegCheckpointer(DetectionCheckpointer):
         _atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
 
     def _load_file(self, filename: str):
+        """Reads ``filename`` and brings its keys to d2seg's names; what it found is noted under
+        ``__d2seg__`` for :meth:`_load_model`."""
         if filename.endswith(".pkl"):
-            return super()._load_file(filename)
-        try:
-            data = torch.load(filename, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise RuntimeError(
-                f"cannot read checkpoint {filename}: {type(e).__name__}: {e} "
-                "(truncated, corrupt or not a PyTorch checkpoint?)"
-            ) from e
-        if is_mmseg_checkpoint(data):
-            sd = data["state_dict"]
-            is_cascade = any(k.startswith("decode_head.1.") for k in sd)
-            is_resnet = any(k.startswith(("backbone.layer1.", "backbone.stem.")) for k in sd)
+            # Detectron2 / Caffe2 (MSRA R-50.pkl) files: Detectron2's name matching in _load_model
+            try:
+                data = super()._load_file(filename)
+            except Exception as e:
+                raise RuntimeError(
+                    f"cannot read checkpoint {filename}: {type(e).__name__}: {e} "
+                    "(truncated, corrupt or not a pickled checkpoint?)"
+                ) from e
+            if not isinstance(data.get("model"), dict) or not data["model"]:
+                raise RuntimeError(f"{filename} holds no weights")
+            data["__d2seg__"] = {"format": f"{data.get('__author__', 'Detectron2')} .pkl"}
+            return data
+        data = read_checkpoint_file(filename)
+        sd, _, container = unwrap_state_dict(data, filename)
+        if container != "model" and looks_like_mmseg(sd):  # mmseg: "state_dict" or bare
             self.logger.info(f"{filename} is an MMSegmentation checkpoint: converting its keys")
+            ckpt = load_mmseg_checkpoint(data)
+            return {"model": ckpt["model"], "__d2seg__": {"format": "MMSegmentation"}}
+        fmt = detect_backbone_format(sd)
+        if fmt is not None:
+            model, skipped, name = convert_backbone_state_dict(sd, fmt)
             return {
-                "model": convert_mmseg_state_dict(sd, is_cascade=is_cascade, is_resnet=is_resnet),
-                "matching_heuristics": False,
+                "model": model,
+                "__d2seg__": {"format": name, "skipped": skipped, "backbone_only": True},
             }
-        if not isinstance(data, dict):
-            raise RuntimeError(f"{filename} holds a {type(data).__name__}, not a checkpoint dict")
-        if "model" not in data:
-            # a bare state_dict (e.g. torchvision)
-            if all(isinstance(v, torch.Tensor) for v in data.values()):
-                return {"model": data}
-            raise RuntimeError(
-                f"{filename} has no 'model' or 'state_dict' entry (keys: {sorted(data)[:8]})"
+        out = dict(data) if container == "model" else {}
+        out["model"] = sd
+        parsed = getattr(self, "_parsed_url_during_load", None)
+        if parsed is not None and "matching_heuristics=True" in (parsed.query or ""):
+            out["matching_heuristics"] = True
+        out["__d2seg__"] = {"format": "d2seg" if container == "model" else ""}
+        return out
+
+    def _load_model(self, checkpoint):
+        """Checks that the checkpoint fits before loading (raising CheckpointMismatchError naming
+        the keys when ``strict``), loads it, and logs what was loaded; ``self.last_report`` keeps
+        the :class:`LoadReport`."""
+        info = checkpoint.pop("__d2seg__", {})
+        model_state = self.model.state_dict()
+        skipped = list(info.get("skipped", []))
+        if checkpoint.get("matching_heuristics", False):
+            # Detectron2's suffix matching (c2 names for Caffe2 files), then our strict check
+            self._convert_ndarray_to_tensor(checkpoint["model"])
+            aligned = align_and_update_state_dicts(
+                model_state, checkpoint["model"],
+                c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
             )
-        return data
+            skipped += [k for k in aligned if k not in model_state and CLASSIFIER_KEYS.match(k)]
+            checkpoint["model"] = {k: v for k, v in aligned.items() if k not in skipped}
+            checkpoint["matching_heuristics"] = False
+        sd = checkpoint["model"]
+        self._convert_ndarray_to_tensor(sd)
+        if sd and all(k.startswith("module.") for k in sd):
+            sd = checkpoint["model"] = {k[len("module."):]: v for k, v in sd.items()}
+        report = check_state_dict(model_state, sd, info.get("backbone_only"), skipped)
+        self.last_report = report
+        source = self._current_file or "checkpoint"
+        if report.errors:
+            msg = f"{source} does not fit the model:\n" + report.error_message()
+            if self.strict:
+                raise CheckpointMismatchError(msg)
+            self.logger.warning(msg + "\n(strict=False: loading what fits)")
+        for name, keys in (("missing from", report.aux_missing),
+                           ("unexpected in", report.aux_unexpected)):
+            if keys:
+                self.logger.warning(
+                    f"{len(keys)} auxiliary-head tensors {name} {source} (the auxiliary head only "
+                    "trains: kept as initialised / ignored)"
+                )
+        incompatible = super()._load_model(checkpoint)
+        # what the report already explains (heads of backbone-only weights, caffe BN statistics,
+        # auxiliary heads, num_batches_tracked) is not repeated as Detectron2 warnings
+        expected = set(report.kept_init) | set(report.aux_missing)
+        incompatible.missing_keys[:] = [
+            k for k in incompatible.missing_keys
+            if k not in expected and not k.endswith("num_batches_tracked")
+        ]
+        incompatible.unexpected_keys[:] = [
+            k for k in incompatible.unexpected_keys if k not in report.aux_unexpected
+        ]
+        self.logger.info(report.summary(source, info.get("format", "")))
+        if report.backbone_only:
+            self.logger.info(
+                "Backbone tensors loaded:\n  " + "\n  ".join(group_keys(report.loaded, None))
+            )
+        return incompatible
+
+    def load(self, path: str, *args, **kwargs):
+        self._current_file = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._current_file = None

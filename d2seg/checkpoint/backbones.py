@@ -1,0 +1,83 @@
+"""ImageNet backbone checkpoints -> d2seg ``backbone.*`` keys (heads keep their initialisation).
+
+Recognised from their keys in ``.pth`` files (Detectron2/caffe ``.pkl`` files go through
+Detectron2's own name matching in SegCheckpointer); the ImageNet classifier is dropped:
+
+- open-mmlab ResNetV1c (``resnet50_v1c``, ``resnet101_v1c``; deep stem, ``STEM_TYPE: deep``):
+  ``stem.{0,1,3,4,6,7}.*``, ``layer{1-4}.*``; drops ``fc.*``.
+- torchvision ResNet (also mmseg's ResNetV1b; 7x7 stem, stride in the 3x3: ``STEM_TYPE: basic``,
+  ``STRIDE_IN_1X1: False``): ``conv1.weight``, ``bn1.*``, ``layer{1-4}.*``; drops ``fc.*``.
+- HRNetV2 ImageNet (MSRA's HRNet-Image-Classification files, as mmseg loads them):
+  ``conv1``, ``bn1``, ``conv2``, ``bn2``, ``layer1``, ``transition{1,2,3}``, ``stage{2,3,4}``
+  (names kept); drops ``incre_modules``, ``downsamp_modules``, ``final_layer``, ``classifier``.
+- Detectron2 ResNet: ``stem.conv1.*``, ``res{2-5}.*``.
+- mmcls / mmpretrain: ``backbone.`` + one of the above; drops ``head.*``.
+"""
+import re
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .mmseg import convert_mmseg_key
+
+__all__ = ["detect_backbone_format", "convert_backbone_state_dict", "CLASSIFIER_KEYS"]
+
+# ImageNet classifier parts of the source models, which d2seg does not have
+CLASSIFIER_KEYS = re.compile(
+    r"^(fc|fc1000|head|classifier|incre_modules|downsamp_modules|final_layer)\."
+)
+FORMAT_NAMES = {
+    "resnet_v1c": "open-mmlab ResNetV1c",
+    "resnet": "torchvision ResNet",
+    "hrnet": "HRNetV2 ImageNet",
+    "detectron2_resnet": "Detectron2 ResNet",
+}
+_HEADS = ("decode_head.", "auxiliary_head.", "auxiliary_heads.", "cascade_head.")
+
+
+def detect_backbone_format(sd: Dict[str, torch.Tensor]) -> Optional[str]:
+    """``resnet_v1c``, ``resnet``, ``hrnet``, ``detectron2_resnet``, ``mmcls:<format>`` or None
+    (not a bare ImageNet backbone: a segmentor, or unknown)."""
+    if any(k.startswith(_HEADS) for k in sd):
+        return None
+    if any(k.startswith("backbone.") for k in sd):
+        if not all(k.startswith(("backbone.", "head.", "neck.")) for k in sd):
+            return None
+        inner = detect_backbone_format(
+            {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        )
+        return f"mmcls:{inner}" if inner else None
+    has = lambda prefix: any(k.startswith(prefix) for k in sd)  # noqa: E731
+    if has("transition1.") or has("stage2."):
+        return "hrnet"
+    if "stem.0.weight" in sd and has("layer1."):
+        return "resnet_v1c"
+    if "conv1.weight" in sd and has("layer1."):
+        return "resnet"
+    if has("stem.conv1.") and has("res2."):
+        return "detectron2_resnet"
+    return None
+
+
+def convert_backbone_state_dict(
+    sd: Dict[str, torch.Tensor], fmt: Optional[str] = None
+) -> Tuple[Dict[str, torch.Tensor], List[str], str]:
+    """``(d2seg state_dict under backbone., skipped source keys, format name)``."""
+    fmt = fmt or detect_backbone_format(sd)
+    if fmt is None:
+        raise ValueError(f"not a known backbone checkpoint layout (first keys: {sorted(sd)[:5]})")
+    skipped = [k for k in sd if CLASSIFIER_KEYS.match(k)]
+    if fmt.startswith("mmcls:"):
+        inner = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        out, inner_skipped, name = convert_backbone_state_dict(inner, fmt[len("mmcls:"):])
+        skipped = sorted(set(skipped) | {f"backbone.{k}" for k in inner_skipped})
+        return out, skipped, f"mmcls/{name}"
+    out = {}
+    for k, v in sd.items():
+        if CLASSIFIER_KEYS.match(k):
+            continue
+        key = "backbone." + k
+        if fmt in ("resnet_v1c", "resnet"):
+            key = convert_mmseg_key(key, is_resnet=True)
+        out[key] = v
+    return out, sorted(skipped), FORMAT_NAMES[fmt]

@@ -1,0 +1,129 @@
+"""Does a (converted) state_dict fit a model? Strict rules shared by SegCheckpointer and
+tools/convert_mmseg_checkpoint.py, so that a model is never silently half-loaded.
+
+- **Full checkpoint** (keys outside ``backbone.``): every model tensor must be in it, every tensor
+  of it must be in the model, with the same shapes. Only the auxiliary heads (training-only) may
+  be absent on either side: reported as a warning.
+- **Backbone checkpoint** (every key under ``backbone.``, e.g. ImageNet weights): every backbone
+  tensor must be in it and every tensor of it in the model; the heads keep their initialisation.
+  BN running statistics may be absent when the checkpoint has none at all (caffe/MSRA weights
+  fold them into the affine).
+- ``num_batches_tracked`` (absent from older PyTorch files) is never required.
+"""
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Tuple
+
+__all__ = ["CheckpointMismatchError", "LoadReport", "check_state_dict", "group_keys"]
+
+_AUX = "auxiliary_heads."
+_BN_STATS = ("running_mean", "running_var")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the model (other method, backbone or class count)."""
+
+
+def _natural(key: str):
+    # res4.6 before res4.10
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", key)]
+
+
+def group_keys(keys: Iterable[str], limit: Optional[int] = 30) -> List[str]:
+    """``a.b.weight, a.b.bias`` -> ``a.b.{bias, weight}``; at most ``limit`` lines."""
+    groups: Dict[str, List[str]] = defaultdict(list)
+    for k in sorted(keys, key=_natural):
+        head, _, tail = k.rpartition(".")
+        groups[head].append(tail)
+    lines = [
+        (f"{head}.{{{', '.join(tails)}}}" if len(tails) > 1 else f"{head}.{tails[0]}")
+        if head else tails[0]
+        for head, tails in groups.items()
+    ]
+    if limit is not None and len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more groups"]
+    return lines
+
+
+def _block(title: str, keys, limit=30) -> str:
+    return f"{title} ({len(keys)}):\n  " + "\n  ".join(group_keys(keys, limit))
+
+
+@dataclass
+class LoadReport:
+    backbone_only: bool
+    loaded: List[str] = field(default_factory=list)  # model keys that get a checkpoint tensor
+    missing: List[str] = field(default_factory=list)  # model keys the checkpoint lacks (error)
+    unexpected: List[str] = field(default_factory=list)  # checkpoint keys not in the model (error)
+    mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, ckpt, model)
+    kept_init: List[str] = field(default_factory=list)  # model keys left as initialised, by design
+    aux_missing: List[str] = field(default_factory=list)  # warning only
+    aux_unexpected: List[str] = field(default_factory=list)  # warning only
+    skipped: List[str] = field(default_factory=list)  # source keys dropped on purpose (fc.*)
+
+    @property
+    def errors(self) -> bool:
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def error_message(self) -> str:
+        parts = []
+        for k, shape_ckpt, shape_model in self.mismatched:
+            hint = ""
+            if k.endswith(("conv_seg.weight", "conv_seg.bias")):
+                hint = (" (a checkpoint for another number of classes? "
+                        "MODEL.SEM_SEG_HEAD.NUM_CLASSES)")
+            parts.append(
+                f"shape mismatch for {k}: {tuple(shape_ckpt)} in the checkpoint, "
+                f"{tuple(shape_model)} in the model{hint}"
+            )
+        if self.unexpected:
+            parts.append(_block("checkpoint keys the model does not have", self.unexpected))
+        if self.missing:
+            parts.append(_block("model keys missing from the checkpoint", self.missing))
+        if self.unexpected and self.missing:
+            parts.append("(a checkpoint of another method, backbone or depth than the config?)")
+        return "\n".join(parts)
+
+    def summary(self, source: str = "checkpoint", fmt: str = "") -> str:
+        what = f"{fmt} " if fmt else ""
+        lines = [
+            f"Loaded {len(self.loaded)} tensors from {what}{source}"
+            + (" into the backbone (backbone-only weights)" if self.backbone_only else "")
+        ]
+        if self.skipped:
+            lines.append(_block("skipped (not used by d2seg)", self.skipped, None))
+        if self.kept_init:
+            lines.append(_block("not in the checkpoint, kept as initialised", self.kept_init, 12))
+        return "\n".join(lines)
+
+
+def check_state_dict(model_state: Dict, ckpt_state: Dict, backbone_only: Optional[bool] = None,
+                     skipped: Iterable[str] = ()) -> LoadReport:
+    """Compares checkpoint keys/shapes with the model's; ``backbone_only`` defaults to "every
+    checkpoint key is under ``backbone.``"."""
+    if backbone_only is None:
+        backbone_only = bool(ckpt_state) and all(k.startswith("backbone.") for k in ckpt_state)
+    r = LoadReport(backbone_only=backbone_only, skipped=list(skipped))
+    ckpt_has_stats = any(k.endswith(_BN_STATS) for k in ckpt_state)
+    for k, v in ckpt_state.items():
+        if k not in model_state:
+            if k in ("pixel_mean", "pixel_std"):  # config values win (as in Detectron2)
+                continue
+            (r.aux_unexpected if k.startswith(_AUX) else r.unexpected).append(k)
+        elif tuple(v.shape) != tuple(model_state[k].shape):
+            r.mismatched.append((k, tuple(v.shape), tuple(model_state[k].shape)))
+        else:
+            r.loaded.append(k)
+    for k in model_state:
+        if k in ckpt_state or k.endswith("num_batches_tracked"):
+            continue
+        if backbone_only and not k.startswith("backbone."):
+            r.kept_init.append(k)
+        elif backbone_only and k.endswith(_BN_STATS) and not ckpt_has_stats:
+            r.kept_init.append(k)
+        elif not backbone_only and k.startswith(_AUX):
+            r.aux_missing.append(k)
+        else:
+            r.missing.append(k)
+    return r
