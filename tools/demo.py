@@ -21,6 +21,7 @@ import d2seg  # noqa: F401
 from d2seg.checkpoint import SegCheckpointer
 from d2seg.data.mappers import SemSegDatasetMapper
 from d2seg.engine import setup_cfg
+from d2seg.modeling import SemanticSegmentorWithTTA
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -56,6 +57,9 @@ def main(argv=None):
     model = build_model(cfg).eval()
     SegCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     mapper = SemSegDatasetMapper(cfg, is_train=False)
+    if cfg.TEST.AUG.ENABLED:  # multi-scale + flip test: views are made from the original image
+        model = SemanticSegmentorWithTTA(cfg, model)
+        mapper = SemSegDatasetMapper(cfg, is_train=False, augmentations=[])
     meta = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     if args.dataset:
         files = [d["file_name"] for d in DatasetCatalog.get(args.dataset)]

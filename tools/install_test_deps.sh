@@ -4,6 +4,13 @@
 # Idempotent: returns at once where both import. Recipe: shared/reference/mmseg_peer.md.
 set -euo pipefail
 PY=${PYTHON:-python}
+# Cityscapes' official evaluation script, for its evaluator test (which skips without it).
+# --no-deps: its metadata asks for the obsolete `typing` backport.
+if ! "$PY" -c "import cityscapesscripts, appdirs, coloredlogs, pyquaternion" >/dev/null 2>&1; then
+  echo "[install] cityscapesscripts (test-only: Cityscapes' official evaluation)"
+  "$PY" -m pip install -q --no-deps cityscapesscripts==2.3.0 appdirs coloredlogs humanfriendly \
+      pyquaternion || echo "[install] cityscapesscripts unavailable: its test will be skipped"
+fi
 if "$PY" -c "import mmseg, mmcv" >/dev/null 2>&1; then
   exit 0
 fi

@@ -4,8 +4,9 @@
     python tools/train_net.py --config-file configs/quickstart.yaml
     python tools/train_net.py --config-file CFG --num-gpus 8 [KEY VALUE ...]
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS model_final.pth
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS W TEST.AUG.ENABLED True
 """
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser, hooks, launch
 
 import d2seg  # noqa: F401  (registers d2seg's models and datasets)
 from d2seg.checkpoint import SegCheckpointer
@@ -19,9 +20,13 @@ def main(args):
         SegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        if cfg.TEST.AUG.ENABLED:  # mmseg's --aug-test: the augmented test only
+            return Trainer.test_with_TTA(cfg, model)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:  # after training, also the augmented test (Detectron2's train_net)
+        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
     return trainer.train()
 
 

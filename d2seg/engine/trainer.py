@@ -1,6 +1,8 @@
 """Detectron2's DefaultTrainer with d2seg's data mappers, evaluators and poly schedule."""
 import logging
+import os
 import weakref
+from collections import OrderedDict
 
 import torch
 
@@ -14,6 +16,7 @@ from detectron2.engine import (
     create_ddp_model,
     default_setup,
 )
+from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -22,6 +25,7 @@ from ..checkpoint import SegCheckpointer
 from ..config import add_d2seg_config
 from ..data.mappers import SemSegDatasetMapper
 from ..evaluation import build_evaluator
+from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
 from ..solver import build_lr_scheduler
 
 __all__ = ["Trainer", "setup_cfg", "check_config"]
@@ -121,9 +125,38 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(
-            cfg, dataset_name, mapper=SemSegDatasetMapper(cfg, is_train=False)
+        mapper = SemSegDatasetMapper(cfg, is_train=False, dataset_names=[dataset_name])
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    @classmethod
+    def build_tta_test_loader(cls, cfg, dataset_name):
+        """Test loader of ORIGINAL images: SemanticSegmentorWithTTA resizes each view itself."""
+        mapper = SemSegDatasetMapper(
+            cfg, is_train=False, dataset_names=[dataset_name], augmentations=[]
         )
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluates ``model`` with mmseg's multi-scale (+ flip) test (TEST.AUG); results are
+        keyed "<evaluator key>_TTA" (e.g. sem_seg_TTA) and written under inference_TTA/."""
+        logger.info("Running inference with test-time augmentation: ratios %s x img_scale %s, "
+                    "flip %s", list(cfg.TEST.AUG.RATIOS), list(cfg.INPUT.TEST_IMG_SCALE),
+                    cfg.TEST.AUG.FLIP)
+        tta_model = SemanticSegmentorWithTTA(cfg, model)
+        results = OrderedDict()
+        for name in cfg.DATASETS.TEST:
+            evaluator = cls.build_evaluator(
+                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+            )
+            res = inference_on_dataset(tta_model, cls.build_tta_test_loader(cfg, name), evaluator)
+            results[name] = res
+            if comm.is_main_process():
+                logger.info(f"Evaluation results (TTA) for {name} in csv format:")
+                print_csv_format(res)
+        if len(results) == 1:
+            results = list(results.values())[0]
+        return OrderedDict((k + "_TTA", v) for k, v in results.items())
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

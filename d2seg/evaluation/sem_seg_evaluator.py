@@ -36,6 +36,9 @@ def reduce_zero_label(label: np.ndarray, ignore_value: int = 255) -> np.ndarray:
     return out
 
 
+_reduce_zero_label = reduce_zero_label  # (SemSegEvaluator has an argument of that name)
+
+
 def load_label(filename: str, dtype=np.int64) -> np.ndarray:
     """A label PNG as an integer array (Detectron2's loader uses np.array(copy=False), which
     numpy 2 rejects)."""
@@ -75,14 +78,18 @@ def segmentation_metrics(conf: np.ndarray):
 class SemSegEvaluator(D2SemSegEvaluator):
     """Semantic segmentation evaluator over a registered dataset (see module doc)."""
 
-    def __init__(self, dataset_name, distributed=True, output_dir=None, *, write_predictions=False):
+    def __init__(self, dataset_name, distributed=True, output_dir=None, *, write_predictions=False,
+                 reduce_zero_label=None):
+        """``reduce_zero_label``: re-apply it to the ground truth; None = the metadata's."""
         meta = MetadataCatalog.get(dataset_name)
         loading_fn = load_label
-        if meta.get("reduce_zero_label", False):
+        if reduce_zero_label is None:
+            reduce_zero_label = meta.get("reduce_zero_label", False)
+        if reduce_zero_label:
             ignore = meta.ignore_label
 
             def loading_fn(filename, dtype=int):  # noqa: F811
-                return reduce_zero_label(load_label(filename), ignore)
+                return _reduce_zero_label(load_label(filename), ignore)
 
         super().__init__(dataset_name, distributed, output_dir, sem_seg_loading_fn=loading_fn)
         self._write_predictions = write_predictions

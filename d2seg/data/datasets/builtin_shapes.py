@@ -1,0 +1,249 @@
+"""``d2seg_shapes``: a small procedurally generated dataset for smoke tests and tutorials.
+
+Images of ~128x128 (each side 96..160) show 2-7 objects on a textured background. Colours are
+random per instance, so classes must be told apart by SHAPE (solid disc, rectangle, triangle,
+ring, cross) or TEXTURE (striped, checkered: any outline), at scales from a few pixels to half the
+image, with occlusion, grain noise, background scribbles, JPEG artefacts and class imbalance.
+About a third of the objects carry a thin ignore (255) band along their boundary.
+
+The tree ``$DETECTRON2_DATASETS/d2seg_shapes/{images,annotations}/{train,val}`` (JPG + PNG) is
+generated on first use, deterministically from a seed, into a temporary folder that is renamed
+into place once complete (a marker file records what was generated), so an interrupted run
+never leaves a tree that looks complete.
+"""
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .folder import register_sem_seg_folder
+
+__all__ = ["SHAPES_CLASSES", "render_shapes_sample", "prepare_shapes_dataset",
+           "register_shapes_dataset"]
+
+logger = logging.getLogger(__name__)
+
+SHAPES_CLASSES = [
+    "background", "disc", "rectangle", "triangle", "ring", "cross", "striped", "checkered"
+]
+SHAPES_COLORS = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
+                 [70, 240, 240], [245, 130, 48], [145, 30, 180]]
+_SOLID = ("disc", "rectangle", "triangle", "ring", "cross")  # told apart by shape
+# Object class frequencies (class imbalance; background dominates by area anyway).
+_CLASS_PROBS = np.array([0.18, 0.16, 0.15, 0.13, 0.13, 0.13, 0.12])
+_VERSION = 1  # bump when the generator's output changes
+_MARKER = ".complete.json"
+SPLITS = {"train": 300, "val": 60}
+_SPLIT_IDS = {"train": 0, "val": 1}
+
+
+# ---- rendering -------------------------------------------------------------------------------
+def _smooth_field(rng, h, w, cells, channels, amplitude):
+    """Low-frequency noise: a random cells x cells grid upsampled bicubically."""
+    grid = rng.normal(0, amplitude, (cells, cells, channels)).astype(np.float32)
+    out = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+    return out.reshape(h, w, channels)
+
+
+def _background(rng, h, w, yy, xx):
+    base = rng.uniform(30, 225, 3).astype(np.float32)
+    img = base + _smooth_field(rng, h, w, int(rng.integers(2, 6)), 3, rng.uniform(10, 45))
+    # grain, same for all channels: the background's texture (objects are smooth)
+    img += rng.standard_normal((h, w, 1), dtype=np.float32) * rng.uniform(10, 20)
+    # a few thin scribbles that are background, so edges alone do not mean "object"
+    for _ in range(int(rng.integers(0, 3))):
+        a, b = rng.uniform(0, np.pi), rng.uniform(-1, 1) * max(h, w) / 2
+        d = np.abs((xx - w / 2) * np.cos(a) + (yy - h / 2) * np.sin(a) - b)
+        img[d < rng.uniform(0.6, 1.5)] = rng.uniform(0, 255, 3)
+    return img
+
+
+def _rotated(yy, xx, cy, cx, angle):
+    c, s = np.cos(angle), np.sin(angle)
+    return (xx - cx) * c + (yy - cy) * s, -(xx - cx) * s + (yy - cy) * c
+
+
+def _shape_mask(kind, rng, yy, xx, cy, cx, r):
+    u, v = _rotated(yy, xx, cy, cx, rng.uniform(0, np.pi))
+    if kind == "disc":
+        return (u / r) ** 2 + (v / (r * rng.uniform(0.8, 1.0))) ** 2 <= 1
+    if kind == "rectangle":
+        a = r * rng.uniform(0.75, 1.0)
+        b = a * rng.uniform(0.35, 0.85)  # clearly elongated or squarish, never a disc
+        return (np.abs(u) <= a) & (np.abs(v) <= b)
+    if kind == "triangle":
+        ang = rng.uniform(0, 2 * np.pi) + np.array([0, 2, 4]) * np.pi / 3
+        ang += rng.uniform(-0.25, 0.25, 3)
+        py, px = cy + r * np.sin(ang), cx + r * np.cos(ang)
+        inside = np.ones(yy.shape, bool)
+        for i in range(3):  # same side of each edge as the opposite vertex
+            j, k = (i + 1) % 3, (i + 2) % 3
+            ey, ex = py[j] - py[i], px[j] - px[i]
+            opposite = ex * (py[k] - py[i]) - ey * (px[k] - px[i])
+            inside &= (ex * (yy - py[i]) - ey * (xx - px[i])) * opposite >= 0
+        return inside
+    if kind == "ring":
+        d = np.sqrt(u ** 2 + v ** 2)
+        return (d <= r) & (d >= r * rng.uniform(0.45, 0.7))
+    if kind == "cross":  # plus sign: two bars of half-width t
+        t = r * rng.uniform(0.2, 0.35)
+        return ((np.abs(u) <= r) & (np.abs(v) <= t)) | ((np.abs(v) <= r) & (np.abs(u) <= t))
+    raise ValueError(kind)
+
+
+def _distinct_color(rng, avoid, min_dist=70.0):
+    for _ in range(20):
+        c = rng.uniform(0, 255, 3)
+        if all(np.linalg.norm(c - a) >= min_dist for a in avoid):
+            return c
+    return c
+
+
+def _boundary(mask):
+    """Pixels whose 3x3 neighbourhood is mixed (~2 px band across the outline)."""
+    m = np.pad(mask, 1, mode="edge")
+    h, w = mask.shape
+    shifts = [m[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+    return np.logical_or.reduce(shifts) & ~np.logical_and.reduce(shifts)
+
+
+def render_shapes_sample(rng: np.random.Generator):
+    """One (image H x W x 3 uint8 RGB, label H x W uint8) sample."""
+    h, w = (int(x) for x in rng.integers(96, 161, 2))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    image = _background(rng, h, w, yy, xx)
+    label = np.zeros((h, w), np.uint8)
+    for _ in range(int(rng.integers(5, 13))):
+        cls = 1 + int(rng.choice(len(_CLASS_PROBS), p=_CLASS_PROBS))
+        name = SHAPES_CLASSES[cls]
+        r = float(np.exp(rng.uniform(np.log(8), np.log(0.22 * min(h, w) + 10))))
+        cy, cx = rng.uniform(0.1 * h, 0.9 * h), rng.uniform(0.1 * w, 0.9 * w)
+        outline = name if name in _SOLID else rng.choice(["disc", "rectangle", "triangle"])
+        # work in a window that holds the shape and its boundary band
+        R = 1.35 * r + 3
+        win = (slice(max(int(cy - R), 0), min(int(cy + R) + 1, h)),
+               slice(max(int(cx - R), 0), min(int(cx + R) + 1, w)))
+        y, x, img, lab = yy[win], xx[win], image[win], label[win]
+        mask = _shape_mask(outline, rng, y, x, cy, cx, r)
+        if mask.sum() < 12:
+            continue
+        under = img[mask].mean(0)
+        y, x = y[mask], x[mask]
+        if name in ("striped", "checkered"):
+            c1 = _distinct_color(rng, [under], 60)
+            c2 = _distinct_color(rng, [c1], 110)
+            u, v = _rotated(y, x, cy, cx, rng.uniform(0, np.pi))
+            if name == "striped":
+                on = np.sin(2 * np.pi * u / rng.uniform(4, 10)) > 0
+            else:
+                cell = rng.uniform(3, 7)
+                on = (np.floor(u / cell) + np.floor(v / cell)) % 2 == 1
+            img[mask] = np.where(on[:, None], c1, c2)
+        else:
+            # solid colour with a gentle shading gradient
+            c = _distinct_color(rng, [under], 90)
+            g = rng.normal(0, 0.4, 2)
+            img[mask] = c + ((y - cy) * g[0] + (x - cx) * g[1])[:, None]
+        lab[mask] = cls
+        if rng.random() < 0.35:
+            lab[_boundary(mask)] = 255
+    image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(2, 6)
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8), label
+
+
+# ---- files -----------------------------------------------------------------------------------
+def _spec(seed, splits):
+    return {"version": _VERSION, "seed": seed, "splits": dict(splits)}
+
+
+def _is_complete(path, spec) -> bool:
+    try:
+        with open(os.path.join(path, _MARKER)) as f:
+            if json.load(f) != spec:
+                return False
+        return all(
+            len(os.listdir(os.path.join(path, sub, split))) == n
+            for split, n in spec["splits"].items() for sub in ("images", "annotations")
+        )
+    except (OSError, ValueError):
+        return False
+
+
+def _write_tree(out, seed, splits):
+    for split, n in splits.items():
+        img_dir = os.path.join(out, "images", split)
+        ann_dir = os.path.join(out, "annotations", split)
+        os.makedirs(img_dir)
+        os.makedirs(ann_dir)
+        for i in range(n):
+            # one stream per (seed, split, index): sample i does not depend on the split size
+            image, label = render_shapes_sample(np.random.default_rng([seed, _SPLIT_IDS[split], i]))
+            Image.fromarray(image).save(os.path.join(img_dir, f"{i:04d}.jpg"), quality=90)
+            Image.fromarray(label).save(os.path.join(ann_dir, f"{i:04d}.png"))
+
+
+def prepare_shapes_dataset(datasets_root: str, seed: int = 0, splits=None,
+                           name: str = "d2seg_shapes") -> str:
+    """Makes sure ``datasets_root/name`` holds the generated tree; returns its path.
+
+    Generation writes into a hidden temporary folder next to it and renames it into place only
+    when every file and the completion marker are written; concurrent callers may both generate,
+    the first rename wins. A folder without a matching marker is never used.
+    """
+    splits = dict(SPLITS if splits is None else splits)
+    unknown = set(splits) - set(_SPLIT_IDS)
+    if unknown:
+        raise ValueError(f"unknown splits {sorted(unknown)}; known: {sorted(_SPLIT_IDS)}")
+    final = os.path.join(datasets_root, name)
+    spec = _spec(seed, splits)
+    if _is_complete(final, spec):
+        return final
+    if os.path.exists(final):
+        raise RuntimeError(
+            f"{final!r} exists but is not a complete {name} tree for {spec} (missing or "
+            f"different {_MARKER}, or missing files): delete it to regenerate"
+        )
+    os.makedirs(datasets_root, exist_ok=True)
+    start = time.perf_counter()
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=datasets_root)
+    try:
+        _write_tree(tmp, seed, splits)
+        with open(os.path.join(tmp, _MARKER), "w") as f:
+            json.dump(spec, f)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not _is_complete(final, spec):  # not another process that finished first
+                raise
+        else:
+            logger.info(f"Generated {name} ({splits}) in {final} in "
+                        f"{time.perf_counter() - start:.1f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def register_shapes_dataset(datasets_root: str, seed: int = 0, name: str = "d2seg_shapes",
+                            splits=None):
+    """Registers ``{name}_{split}`` for each split (default: train 300, val 60); the data is
+    generated on first use."""
+    path = os.path.join(datasets_root, name)
+    splits = dict(SPLITS if splits is None else splits)
+    for split in splits:
+        register_sem_seg_folder(
+            f"{name}_{split}",
+            os.path.join(path, "images", split),
+            os.path.join(path, "annotations", split),
+            SHAPES_CLASSES,
+            colors=SHAPES_COLORS,
+            prepare=lambda: prepare_shapes_dataset(datasets_root, seed, splits, name),
+        )
+
+
+register_shapes_dataset(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))

@@ -1,0 +1,218 @@
+"""Reads one image + label map and applies mmseg's train or test pipeline."""
+import copy
+import logging
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.utils.file_io import PathManager
+
+from .transforms import build_test_augmentations, build_train_augmentations
+
+__all__ = ["SemSegDatasetMapper", "BadSampleError", "read_label", "check_label_values",
+           "dataset_reduce_zero_label"]
+
+logger = logging.getLogger(__name__)
+
+
+class BadSampleError(ValueError):
+    """An image or label file that cannot be used (unreadable, wrong size, bad values)."""
+
+
+def read_label(file_name: str, reduce_zero_label: bool = False) -> np.ndarray:
+    """Reads a label map as H x W uint8 class ids.
+
+    Accepts single-channel PNGs: "L" (grey values = ids), "P" (palette *indices* = ids, as in
+    Pascal VOC; mmseg reads them the same way), 16-bit grey with values <= 255. Colour images are
+    rejected: an RGB label is usually a colour visualisation, not ids. ``reduce_zero_label``
+    maps 0 -> 255 and k -> k - 1 (255 stays 255), as mmseg's LoadAnnotations.
+    """
+    try:
+        with PathManager.open(file_name, "rb") as f:
+            img = Image.open(f)
+            img.load()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
+        raise BadSampleError(f"cannot read label {file_name}: {type(e).__name__}: {e}") from e
+    if img.mode in ("L", "P"):
+        label = np.asarray(img, dtype=np.uint8)
+    elif img.mode == "1":
+        label = np.asarray(img, dtype=np.uint8)
+    elif img.mode.startswith("I"):  # 16/32-bit grey
+        label = np.asarray(img)
+        if label.size and (label.min() < 0 or label.max() > 255):
+            raise BadSampleError(
+                f"label {file_name} ({img.mode}) has values outside 0..255 "
+                f"(min {label.min()}, max {label.max()}); class ids must fit in uint8"
+            )
+        label = label.astype(np.uint8)
+    else:
+        hint = ""
+        if img.mode in ("RGB", "RGBA"):
+            arr = np.asarray(img)
+            if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
+                hint = " Its channels are equal: save it as a single-channel ('L') PNG."
+            else:
+                hint = (" It looks like a colour visualisation; convert colours to class ids"
+                        " (one uint8 id per pixel).")
+        raise BadSampleError(
+            f"label {file_name} is a {len(img.getbands())}-channel {img.mode!r} image; expected a "
+            f"single-channel label map of class ids ('L' or 'P' PNG).{hint}"
+        )
+    if reduce_zero_label:
+        label = label.copy()
+        label[label == 0] = 255
+        label = label - 1  # 255 -> 254 here, back to 255 below (mmseg's order of operations)
+        label[label == 254] = 255
+    return label
+
+
+def check_label_values(label: np.ndarray, num_classes: int, ignore_value: int, file_name: str,
+                       reduce_zero_label: bool = False) -> None:
+    """Raises BadSampleError unless every value is in [0, num_classes) or ``ignore_value``."""
+    bad = (label >= num_classes) & (label != ignore_value)
+    if not bad.any():
+        return
+    values = np.unique(label[bad])
+    shown = ", ".join(str(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
+    hint = ""
+    if not reduce_zero_label and values.max() == num_classes and not (label == 0).any():
+        hint = " Ids look 1-based: set INPUT.REDUCE_ZERO_LABEL True (0 = ignore)?"
+    raise BadSampleError(
+        f"label {file_name} has {int(bad.sum())} pixels with values {{{shown}}} outside "
+        f"[0, {num_classes}) (NUM_CLASSES={num_classes}, IGNORE_VALUE={ignore_value}"
+        f"{', after REDUCE_ZERO_LABEL' if reduce_zero_label else ''}).{hint}"
+    )
+
+
+def dataset_reduce_zero_label(cfg, dataset_names: Sequence[str]) -> bool:
+    """Whether labels of ``dataset_names`` are read with reduce_zero_label: the datasets'
+    metadata ``reduce_zero_label`` where they set it (ADE20K raw: True, Detectron2's converted
+    ADE20K: False), else ``INPUT.REDUCE_ZERO_LABEL``. Datasets that disagree are an error here;
+    mixed in one loader they still work when their dicts carry ``reduce_zero_label`` (as those
+    of register_sem_seg_folder do)."""
+    default = bool(cfg.INPUT.REDUCE_ZERO_LABEL)
+    values = {n: MetadataCatalog.get(n).get("reduce_zero_label", None) for n in dataset_names}
+    values = {n: bool(v) for n, v in values.items() if v is not None}
+    if len(set(values.values())) > 1:
+        raise ValueError(f"datasets disagree on reduce_zero_label: {values}")
+    value = next(iter(values.values()), default)
+    if values and value != default:
+        logger.info(f"reduce_zero_label={value} from the metadata of {sorted(values)} "
+                    f"(INPUT.REDUCE_ZERO_LABEL={default} applies to datasets that do not say)")
+    return value
+
+
+class SemSegDatasetMapper:
+    """Detectron2 mapper for semantic segmentation with mmseg's pipeline.
+
+    Input: a dataset dict with ``file_name`` and (for training) ``sem_seg_file_name``.
+    Output: the dict plus ``image`` (C x H x W float32, 0-255, in ``image_format``), ``sem_seg``
+    (H x W long, aligned with ``image``; present whenever a label file is given), ``height`` and
+    ``width`` (the ORIGINAL size, at which the model returns its prediction).
+
+    Training applies ``augmentations`` (resize / crop / flip / photometric, unpadded: the model
+    pads); testing resizes only. With ``skip_bad_samples`` a training sample that fails to load
+    or validate is logged and ``None`` is returned, which Detectron2's ``MapDataset`` replaces by
+    another sample; at test time errors are always raised, so evaluation sees every image.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: List,
+        image_format: str = "RGB",
+        num_classes: int,
+        ignore_value: int = 255,
+        reduce_zero_label: bool = False,
+        check_labels: bool = True,
+        skip_bad_samples: bool = False,
+    ):
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.num_classes = num_classes
+        self.ignore_value = ignore_value
+        self.reduce_zero_label = reduce_zero_label
+        self.check_labels = check_labels
+        self.skip_bad_samples = skip_bad_samples and is_train
+        mode = "training" if is_train else "inference"
+        logger.info(f"[SemSegDatasetMapper] augmentations used in {mode}: {augmentations}")
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True, dataset_names: Optional[Sequence[str]] = None):
+        """``dataset_names`` (default: DATASETS.TRAIN when training) decide reduce_zero_label
+        (see :func:`dataset_reduce_zero_label`); a dict's own ``reduce_zero_label`` wins."""
+        augs = build_train_augmentations(cfg) if is_train else build_test_augmentations(cfg)
+        if dataset_names is None:
+            dataset_names = cfg.DATASETS.TRAIN if is_train else ()
+        return {
+            "is_train": is_train,
+            "augmentations": augs,
+            "image_format": cfg.INPUT.FORMAT,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "reduce_zero_label": dataset_reduce_zero_label(cfg, dataset_names),
+            "check_labels": cfg.INPUT.CHECK_LABELS,
+            "skip_bad_samples": cfg.INPUT.SKIP_BAD_SAMPLES,
+        }
+
+    def read(self, dataset_dict):
+        """Image (H x W x C uint8) and label (H x W uint8 or None), validated."""
+        file_name = dataset_dict["file_name"]
+        try:
+            image = utils.read_image(file_name, format=self.image_format)
+        except Exception as e:  # missing, truncated or not an image
+            raise BadSampleError(f"cannot read image {file_name}: {type(e).__name__}: {e}") from e
+        h, w = image.shape[:2]
+        if dataset_dict.get("height", h) != h or dataset_dict.get("width", w) != w:
+            raise BadSampleError(
+                f"image {file_name} is {h}x{w} (HxW) but the dataset dict says "
+                f"{dataset_dict.get('height')}x{dataset_dict.get('width')}"
+            )
+        label_file = dataset_dict.get("sem_seg_file_name")
+        if label_file is None:
+            if self.is_train:
+                raise BadSampleError(f"training sample {file_name} has no 'sem_seg_file_name'")
+            return image, None
+        reduce_zero_label = dataset_dict.get("reduce_zero_label", self.reduce_zero_label)
+        label = read_label(label_file, reduce_zero_label)
+        if label.shape != (h, w):
+            raise BadSampleError(
+                f"label {label_file} is {label.shape[0]}x{label.shape[1]} (HxW) but its image "
+                f"{file_name} is {h}x{w}"
+            )
+        if self.check_labels:
+            check_label_values(label, self.num_classes, self.ignore_value, label_file,
+                               reduce_zero_label)
+        return image, label
+
+    def __call__(self, dataset_dict) -> Optional[dict]:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        try:
+            image, label = self.read(dataset_dict)
+        except BadSampleError as e:
+            if not self.skip_bad_samples:
+                raise
+            logger.warning(f"Skipping a bad sample (INPUT.SKIP_BAD_SAMPLES): {e}")
+            return None
+        height, width = image.shape[:2]
+
+        aug_input = T.AugInput(image, sem_seg=label)
+        self.augmentations(aug_input)
+        image, label = aug_input.image, aug_input.sem_seg
+
+        dataset_dict["image"] = torch.from_numpy(
+            np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+        )
+        if label is not None:
+            dataset_dict["sem_seg"] = torch.from_numpy(label.astype(np.int64))
+        dataset_dict["height"], dataset_dict["width"] = height, width
+        return dataset_dict

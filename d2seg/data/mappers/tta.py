@@ -1,0 +1,78 @@
+"""The views of mmseg's multi-scale + flip test (``MultiScaleFlipAug`` with ``img_ratios``)."""
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from detectron2.config import configurable
+
+from .transforms import CV2ResizeTransform, rescale_size
+
+__all__ = ["SemSegTTAMapper"]
+
+logger = logging.getLogger(__name__)
+
+
+class SemSegTTAMapper:
+    """Turns one test input (a dict whose ``image`` is the ORIGINAL image, C x H x W, 0-255) into
+    its views, in mmseg's order (each ratio, then unflipped / flipped):
+
+    for each ratio r the original image is resized with cv2 (keep ratio, as ``mmcv.imrescale``)
+    into ``(int(long * r), int(short * r))`` of ``img_scale`` (mmseg's ``img_scale x img_ratios``;
+    without ``img_scale`` the image's own (w, h) x r), then optionally flipped horizontally.
+    Each view dict holds ``image``, ``height``/``width`` (the original size, at which the model
+    returns its logits) and ``flip``.
+    """
+
+    @configurable
+    def __init__(self, *, img_scale: Optional[Sequence[int]], ratios: Sequence[float],
+                 flip: bool = True):
+        if not ratios or min(ratios) <= 0:
+            raise ValueError(f"TEST.AUG.RATIOS must be positive ratios, got {list(ratios)}")
+        self.img_scale = tuple(img_scale) if img_scale else None
+        self.ratios = [float(r) for r in ratios]
+        self.flip = flip
+        self._warned = False
+
+    @classmethod
+    def from_config(cls, cfg):
+        return {"img_scale": cfg.INPUT.TEST_IMG_SCALE, "ratios": cfg.TEST.AUG.RATIOS,
+                "flip": cfg.TEST.AUG.FLIP}
+
+    @staticmethod
+    def _to_numpy(image: torch.Tensor) -> np.ndarray:
+        arr = image.permute(1, 2, 0).cpu().numpy()
+        # uint8 pictures (what the test mapper loads) are resized as uint8, as mmcv does
+        if arr.min() >= 0 and arr.max() <= 255 and np.array_equal(arr, np.round(arr)):
+            return arr.astype(np.uint8)
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def __call__(self, dataset_dict: Dict) -> List[Dict]:
+        image = self._to_numpy(dataset_dict["image"])
+        h, w = image.shape[:2]
+        height, width = dataset_dict.get("height", h), dataset_dict.get("width", w)
+        if (h, w) != (height, width):
+            # The loader already resized it: views can only be made from this copy.
+            if not self._warned:
+                logger.warning(f"TTA input is {h}x{w} but the original is {height}x{width}: test "
+                               "with an unresized loader (Trainer.build_tta_test_loader) for "
+                               "mmseg's views")
+                self._warned = True
+            image = CV2ResizeTransform(h, w, height, width).apply_image(image)
+        views = []
+        for ratio in self.ratios:
+            scale = self.img_scale if self.img_scale is not None else (width, height)
+            target = (int(scale[0] * ratio), int(scale[1] * ratio))
+            new_w, new_h = rescale_size(width, height, target)
+            resized = CV2ResizeTransform(height, width, new_h, new_w).apply_image(image)
+            for flip in ([False, True] if self.flip else [False]):
+                view = resized[:, ::-1] if flip else resized
+                views.append({
+                    "image": torch.from_numpy(
+                        np.ascontiguousarray(view.transpose(2, 0, 1), dtype=np.float32)),
+                    "height": height,
+                    "width": width,
+                    "flip": flip,
+                })
+        return views

@@ -1,0 +1,65 @@
+"""mmseg's test pipelines in the zoo configs: Cityscapes whole-image at 2048x1024 (slide 769x769
+windows at 2049x1025 for the 769 configs), ADE20K / VOC keep-ratio resize to 2048x512; the
+dataset each config names is registered with the config's class count and label handling."""
+import numpy as np
+import pytest
+import torch
+
+from detectron2.data import MetadataCatalog
+
+from d2seg.data.mappers import SemSegDatasetMapper, dataset_reduce_zero_label
+
+from common import REPO_CONFIGS, get_d2seg_cfg
+
+ZOO = sorted(p.relative_to(REPO_CONFIGS).as_posix() for p in REPO_CONFIGS.glob("*/*.yaml")
+             if not p.parts[-2].startswith("_"))
+EXPECTED = {  # dataset suffix of the stem -> (TEST.MODE, INPUT.TEST_IMG_SCALE, crop, stride)
+    "769x769_cityscapes": ("slide", [2049, 1025], [769, 769], [513, 513]),
+    "cityscapes": ("whole", [2048, 1024], None, None),
+    "ade20k": ("whole", [2048, 512], None, None),
+    "voc12aug": ("whole", [2048, 512], None, None),
+}
+
+
+def expected_for(stem):
+    kind = stem.rsplit("_", 1)[-1]
+    if kind == "cityscapes" and "_769x769_" in stem:
+        kind = "769x769_cityscapes"
+    return EXPECTED[kind]
+
+
+def test_zoo_is_there():
+    assert len(ZOO) > 100
+
+
+@pytest.mark.parametrize("rel", ZOO)
+def test_zoo_config_test_pipeline(rel):
+    cfg = get_d2seg_cfg(REPO_CONFIGS / rel)
+    mode, scale, crop, stride = expected_for(rel[: -len(".yaml")])
+    assert (cfg.TEST.MODE, list(cfg.INPUT.TEST_IMG_SCALE)) == (mode, scale)
+    if crop:
+        assert (list(cfg.TEST.CROP_SIZE), list(cfg.TEST.STRIDE)) == (crop, stride)
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        meta = MetadataCatalog.get(name)
+        assert len(meta.stuff_classes) == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, name
+        assert dataset_reduce_zero_label(cfg, [name]) == bool(meta.reduce_zero_label)
+
+
+@pytest.mark.parametrize("rel,hw,expected", [
+    ("pspnet/pspnet_r50-d8_512x1024_40k_cityscapes.yaml", (1024, 2048), (1024, 2048)),  # as is
+    ("pspnet/pspnet_r50-d8_512x1024_40k_cityscapes.yaml", (256, 512), (1024, 2048)),
+    ("pspnet/pspnet_r50-d8_769x769_40k_cityscapes.yaml", (1024, 2048), (1025, 2049)),
+    ("pspnet/pspnet_r50-d8_512x512_80k_ade20k.yaml", (375, 500), (512, 683)),  # short side 512
+    ("pspnet/pspnet_r50-d8_512x512_20k_voc12aug.yaml", (500, 333), (769, 512)),
+    ("pspnet/pspnet_r50-d8_512x512_20k_voc12aug.yaml", (100, 1000), (205, 2048)),  # long 2048
+])
+def test_test_resize_keeps_ratio_and_reports_original_size(tmp_path, rel, hw, expected):
+    from PIL import Image
+
+    path = str(tmp_path / "img.png")
+    Image.fromarray(np.zeros((*hw, 3), np.uint8)).save(path)
+    cfg = get_d2seg_cfg(REPO_CONFIGS / rel)
+    out = SemSegDatasetMapper(cfg, is_train=False)({"file_name": path})
+    assert tuple(out["image"].shape[-2:]) == expected
+    assert (out["height"], out["width"]) == hw  # the model returns logits at this size
+    assert out["image"].dtype == torch.float32
