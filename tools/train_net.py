@@ -6,7 +6,11 @@
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS model_final.pth
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS W TEST.AUG.ENABLED True
 """
+import datetime
+import os
+
 from detectron2.engine import default_argument_parser, hooks, launch
+from detectron2.utils import comm
 
 import d2seg  # noqa: F401  (registers d2seg's models and datasets)
 from d2seg.checkpoint import SegCheckpointer
@@ -27,11 +31,27 @@ def main(args):
     trainer.resume_or_load(resume=args.resume)
     if cfg.TEST.AUG.ENABLED:  # after training, also the augmented test (Detectron2's train_net)
         trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
-    return trainer.train()
+    try:
+        return trainer.train()
+    except RuntimeError as e:
+        lost = ("connection closed", "timed out", "timeout", "connection reset", "broken pipe")
+        if comm.get_world_size() > 1 and any(k in str(e).lower() for k in lost):
+            raise RuntimeError(
+                f"rank {comm.get_rank()} of {comm.get_world_size()}: lost the other training "
+                "processes (one died or is unreachable; waits at most --dist-timeout / "
+                f"D2SEG_DIST_TIMEOUT seconds): {e}"
+            ) from e
+        raise
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--dist-timeout", type=float, default=float(os.environ.get("D2SEG_DIST_TIMEOUT", 1800)),
+        help="seconds a process waits for the others (start-up, collectives) before failing; "
+             "env D2SEG_DIST_TIMEOUT",
+    )
+    args = parser.parse_args()
     print("Command Line Args:", args)
     launch(
         main,
@@ -40,4 +60,5 @@ if __name__ == "__main__":
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        timeout=datetime.timedelta(seconds=args.dist_timeout),
     )

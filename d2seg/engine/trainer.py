@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -24,9 +24,11 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint import SegCheckpointer
 from ..config import add_d2seg_config
 from ..data.mappers import SemSegDatasetMapper
+from ..data.resumable import build_resumable_train_loader, data_seed, set_start_iter
 from ..evaluation import build_evaluator
 from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
 from ..solver import build_lr_scheduler
+from .reliability import IterationSeed, RecordingLoader, explain_step_error
 
 __all__ = ["Trainer", "setup_cfg", "check_config"]
 
@@ -54,6 +56,15 @@ def check_config(cfg) -> None:
     crop = cfg.INPUT.CROP
     if crop.ENABLED and (len(crop.SIZE) != 2 or min(crop.SIZE) <= 0):
         raise ValueError(f"INPUT.CROP.SIZE={list(crop.SIZE)} must be two positive ints (h, w)")
+    # training pads every crop to CROP.SIZE, then the batch to SIZE_DIVISIBILITY: a crop that is
+    # not a multiple of it would be padded past the crop (ignored pixels the loss averages over)
+    div = cfg.INPUT.SIZE_DIVISIBILITY
+    if crop.ENABLED and div > 0 and any(s % div for s in crop.SIZE):
+        raise ValueError(f"INPUT.CROP.SIZE={list(crop.SIZE)} is not a multiple of "
+                         f"INPUT.SIZE_DIVISIBILITY={div}")
+    if cfg.TEST.MODE == "slide" and any(s > c for s, c in zip(cfg.TEST.STRIDE, cfg.TEST.CROP_SIZE)):
+        raise ValueError(f"TEST.STRIDE={list(cfg.TEST.STRIDE)} is larger than TEST.CROP_SIZE="
+                         f"{list(cfg.TEST.CROP_SIZE)}: slide inference would skip pixels")
 
 
 def setup_cfg(args, default_setup_fn=default_setup):
@@ -99,7 +110,8 @@ class Trainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        # remembers the last batch, so a NaN loss or an OOM names its files and shapes
+        data_loader = RecordingLoader(self.build_train_loader(cfg))
         ddp_kwargs = {"device_ids": None} if cfg.MODEL.DEVICE == "cpu" else {}
         model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
@@ -119,9 +131,25 @@ class Trainer(DefaultTrainer):
             model = cpu_sync_batchnorm(model)
         return model
 
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        # the data stream continues at the resumed iteration (docs/reliability.md)
+        set_start_iter(self._trainer.data_loader, self.start_iter)
+
+    def build_hooks(self):
+        # dropout etc. draw from torch's RNG seeded per iteration: resumes are exact
+        return [IterationSeed(data_seed(self.cfg))] + super().build_hooks()
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except (FloatingPointError, torch.OutOfMemoryError) as e:
+            raise explain_step_error(e, self.iter, self._trainer.data_loader.last) from e
+
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=SemSegDatasetMapper(cfg, is_train=True))
+        # resumable, position-seeded data stream (d2seg/data/resumable.py)
+        return build_resumable_train_loader(cfg, SemSegDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
