@@ -1,0 +1,272 @@
+"""The model zoo: every yaml under configs/ loads and builds; every distinct model trains one step
+on CPU with finite losses; parameter counts equal mmseg's for the same config; d2seg.model_zoo
+finds the configs; every relative link of the docs and configs READMEs resolves.
+
+Speed: each yaml is built on the meta device (no memory, no init), which is enough to count
+parameters; a real CPU build and a training step (2 x 3 x 48 x 48 random images with labels, norms
+switched to BN, nothing else reduced) run once per *distinct* model: yamls whose MODEL keys are
+identical (e.g. the 40k and 80k schedules of one model) share one step.
+"""
+import math
+import os
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+from detectron2.config import CfgNode
+from detectron2.modeling import META_ARCH_REGISTRY, build_model
+
+from common import REPO_CONFIGS, get_d2seg_cfg, random_batch
+
+REPO = REPO_CONFIGS.parent
+# Base-Segmentation.yaml is a partial config (runtime defaults, no model): every other yaml is one
+ALL_YAMLS = sorted(
+    p.relative_to(REPO_CONFIGS).as_posix() for p in REPO_CONFIGS.rglob("*.yaml")
+    if p.name != "Base-Segmentation.yaml"
+)
+# yamls generated from an mmseg config of the same name (configs/<folder>/<mmseg stem>.yaml)
+MMSEG_STEMS = [y[: -len(".yaml")] for y in ALL_YAMLS if "/" in y and not y.startswith("_base_/")]
+NORM_NODES = ("RESNETS", "HRNET", "SEM_SEG_HEAD", "AUX_HEAD", "CASCADE_HEAD")
+IMAGE = 48  # every backbone feature >= 2x2 (HRNet hr4, UPerNet res5), OS8 maps 6x6
+DATASET_CLASSES = {"cityscapes_fine_sem_seg": 19, "ade20k_sem_seg_raw": 150, "voc_2012_sem_seg": 21,
+                   "d2seg_shapes": None}
+PARAMS = OrderedDict()  # yaml -> parameter count (printed by the last test)
+BUFFERS = {}  # yaml -> number of buffer elements
+
+
+def load(rel, small=False):
+    cfg = get_d2seg_cfg(REPO_CONFIGS / rel)
+    if small:
+        for node in NORM_NODES:
+            cfg.MODEL[node].NORM = "BN"
+        # training batches are padded to the crop size: the crop must be the small image
+        cfg.INPUT.CROP.SIZE = [IMAGE, IMAGE]
+    return cfg
+
+
+def _flat(node, prefix):
+    for k, v in node.items():
+        if isinstance(v, CfgNode):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def model_key(cfg):
+    """What the built model (and its training step) depends on."""
+    items = [(k, v) for k, v in _flat(cfg.MODEL, "MODEL.") if k not in ("MODEL.WEIGHTS",
+                                                                         "MODEL.DEVICE")]
+    return repr(items + [("INPUT.CROP", cfg.INPUT.CROP), ("SIZE_DIV", cfg.INPUT.SIZE_DIVISIBILITY)])
+
+
+def _groups():
+    groups = OrderedDict()
+    for rel in ALL_YAMLS:
+        groups.setdefault(model_key(load(rel, small=True)), []).append(rel)
+
+    def order(members):  # same backbone next to each other: oneDNN reuses its kernels
+        cfg = load(members[0])
+        return (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.RESNETS.DEPTH,
+                tuple(cfg.MODEL.HRNET.BRANCH_CHANNELS), members[0])
+    return sorted(groups.values(), key=order)
+
+
+GROUPS = _groups()
+
+
+def meta_model(cfg):
+    """The model built on the meta device: full construction, no memory, no init compute."""
+    with torch.device("meta"):
+        return META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- every yaml --------------------------------------------------------------------------------
+@pytest.mark.parametrize("rel", ALL_YAMLS)
+def test_config_loads_and_builds(rel, record_property):
+    cfg = load(rel)
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    if not rel.startswith("_base_/"):  # model partials name no dataset
+        assert names, f"{rel} names no dataset"
+        for name in names:
+            prefix = next((p for p in DATASET_CLASSES if name.startswith(p)), None)
+            assert prefix is not None, f"{rel}: unexpected dataset {name}"
+            if DATASET_CLASSES[prefix] is not None:
+                assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == DATASET_CLASSES[prefix], rel
+        assert cfg.INPUT.REDUCE_ZERO_LABEL == names[0].startswith("ade20k"), rel
+    model = meta_model(cfg)
+    n = count(model)
+    PARAMS[rel] = n
+    BUFFERS[rel] = sum(b.numel() for b in model.buffers())
+    record_property("params", n)
+    assert n > 0
+
+
+@pytest.mark.parametrize("stem", MMSEG_STEMS)
+def test_param_count_matches_mmseg(stem):
+    """The same number of parameters and buffers (BN statistics) as mmseg's own model built from
+    the mmseg config of the same name."""
+    pytest.importorskip("mmseg")
+    from mmseg_reference import _stub_mmcv_ext, _syncbn_to_bn, mmseg_config
+
+    _stub_mmcv_ext()
+    from mmseg.models import build_segmentor
+
+    mcfg = mmseg_config(stem)
+    mcfg.model.pretrained = None
+    _syncbn_to_bn(mcfg.model)
+    with torch.device("meta"):
+        ref = build_segmentor(mcfg.model)
+    rel = stem + ".yaml"
+    if rel not in PARAMS:  # run alone: build ours here
+        ours = meta_model(load(rel))
+        PARAMS[rel], BUFFERS[rel] = count(ours), sum(b.numel() for b in ours.buffers())
+    assert PARAMS[rel] == count(ref), stem
+    # d2seg's extra buffers: pixel_mean and pixel_std (3 + 3)
+    assert BUFFERS[rel] - 6 == sum(b.numel() for b in ref.buffers()), stem
+
+
+# ---- every distinct model: one training step --------------------------------------------------
+@pytest.mark.parametrize("members", GROUPS, ids=[g[0] for g in GROUPS])
+def test_one_training_step(members, record_property):
+    cfg = load(members[0], small=True)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    record_property("params", count(model))
+    record_property("configs", " ".join(members))
+    model.train()
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    losses = model(random_batch(2, IMAGE, IMAGE, num_classes=num_classes))
+    assert losses and all(torch.isfinite(v) for v in losses.values()), (members[0], losses)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.SOLVER.BASE_LR,
+                          momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and torch.isfinite(torch.nn.utils.get_total_norm(grads)), members[0]
+    opt.step()
+
+
+# ---- d2seg.model_zoo --------------------------------------------------------------------------
+def test_get_config_file():
+    from d2seg import model_zoo
+
+    name = "pspnet/pspnet_r50-d8_512x1024_80k_cityscapes.yaml"
+    path = model_zoo.get_config_file(name)
+    assert os.path.isfile(path) and Path(path).as_posix().endswith("configs/" + name)
+    assert model_zoo.get_config_file(name[: -len(".yaml")]) == path
+    listed = model_zoo.list_configs()
+    assert name in listed and len(listed) == len(ALL_YAMLS) + 1  # + Base-Segmentation.yaml
+
+
+def test_get_config():
+    from d2seg import model_zoo
+
+    cfg = model_zoo.get_config("ocrnet/ocrnet_r101-d8_512x1024_40k_b16_cityscapes.yaml")
+    assert cfg.MODEL.META_ARCHITECTURE == "CascadeEncoderDecoder"
+    assert cfg.MODEL.RESNETS.DEPTH == 101
+    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, cfg.SOLVER.POLY_LR_MIN_LR) == (
+        16, 0.02, 2e-4)
+    cfg = model_zoo.get_config("psanet/psanet_r50-d8_512x512_80k_ade20k.yaml")
+    assert list(cfg.MODEL.PSA_HEAD.MASK_SIZE) == [66, 66]
+    assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 150 and cfg.INPUT.REDUCE_ZERO_LABEL
+
+
+def test_bad_name_lists_close_matches():
+    from d2seg import model_zoo
+
+    with pytest.raises(FileNotFoundError) as e:
+        model_zoo.get_config_file("pspnet/pspnet_r50_d8_512x1024_80k_cityscapes.yaml")
+    assert "pspnet/pspnet_r50-d8_512x1024_80k_cityscapes.yaml" in str(e.value)
+    with pytest.raises(FileNotFoundError) as e:  # folder left out
+        model_zoo.get_config_file("deeplabv3plus_r101-d8_512x512_40k_voc12aug.yaml")
+    assert "deeplabv3plus/deeplabv3plus_r101-d8_512x512_40k_voc12aug.yaml" in str(e.value)
+
+
+# ---- documentation links ----------------------------------------------------------------------
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def _markdown_files():
+    return sorted((REPO / "docs").glob("*.md")) + sorted(REPO_CONFIGS.glob("**/README.md"))
+
+
+def test_relative_links_resolve():
+    files = _markdown_files()
+    assert any(f.parent.name == "docs" for f in files) and len(files) > 13
+    broken = []
+    for md in files:
+        text = re.sub(r"```.*?```", "", md.read_text(), flags=re.S)  # no links in code blocks
+        for target in _LINK.findall(text):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # URL, mailto: or an anchor in the same page
+            path = (md.parent / target.split("#")[0]).resolve()
+            if not path.exists():
+                broken.append(f"{md.relative_to(REPO)}: {target}")
+    assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+# ---- the generator (tools/generate_configs.py) -------------------------------------------------
+def _generator():
+    pytest.importorskip("mmseg")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_configs",
+                                                  REPO / "tools" / "generate_configs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_generator_rejects_what_it_does_not_understand(monkeypatch):
+    gen = _generator()
+    real = gen.load_mmseg
+    stem = "pspnet/pspnet_r50-d8_512x1024_40k_cityscapes"
+
+    def patched(edit):
+        def load(s):
+            raw, path = real(s)
+            edit(raw)
+            return raw, path
+        return load
+
+    cases = [
+        (lambda c: c["model"]["backbone"].update(frozen_stages=1), "model.backbone.frozen_stages"),
+        (lambda c: c["optimizer"].update(paramwise_cfg={}), "optimizer.paramwise_cfg"),
+        (lambda c: c["model"]["decode_head"].update(sampler=dict(type="OHEMPixelSampler")),
+         "sampler"),
+        (lambda c: c["model"]["decode_head"]["loss_decode"].update(type="DiceLoss"), "loss_decode"),
+        (lambda c: c["data"]["train"]["pipeline"].insert(3, dict(type="RandomRotate", prob=1)),
+         "pipeline"),
+        (lambda c: c.update(fp16=dict(loss_scale=512.0)), "fp16"),
+    ]
+    for edit, where in cases:
+        monkeypatch.setattr(gen, "load_mmseg", patched(edit))
+        with pytest.raises(gen.TranslationError, match=re.escape(where)):
+            gen.Translation(stem)
+    monkeypatch.setattr(gen, "load_mmseg", real)
+    t = gen.Translation(stem)  # unpatched: translates
+    assert t.cfg.SOLVER.IMS_PER_BATCH == 8 and t.cfg.MODEL.SEM_SEG_HEAD.NAME == "PSPHead"
+
+
+def test_generated_configs_are_current():
+    """configs/<method>/*.yaml and README.md are what the generator writes from mmseg's configs
+    and the current base yamls (rerun tools/generate_configs.py after changing either)."""
+    gen = _generator()
+    assert gen.main(["--check"]) == 0
+
+
+def test_zz_report_param_counts(capsys):
+    """Prints the parameter count of every yaml built above (run with the tests above)."""
+    if not PARAMS:
+        pytest.skip("run together with test_config_loads_and_builds")
+    with capsys.disabled():
+        print(f"\nparameters of {len(PARAMS)} model-zoo configs (built on the meta device):")
+        for rel, n in PARAMS.items():
+            print(f"  {n / 1e6:9.3f} M  {rel}")
+    assert all(n > 0 and not math.isnan(n) for n in PARAMS.values())

@@ -1,0 +1,1035 @@
+#!/usr/bin/env python
+"""Generates d2seg's model-zoo configs from MMSegmentation 0.30's own configs (a dev tool).
+
+    python tools/generate_configs.py           # (re)writes configs/<method>/*.yaml and README.md
+    python tools/generate_configs.py --check   # exits 1 if a generated file would change
+
+Needs MMSegmentation 0.30 and mmcv 1.x installed (mmseg ships its configs in mmseg/.mim/configs);
+d2seg itself never imports them. For every selected mmseg config stem it:
+
+1. loads the fully merged mmseg config (``mmcv.Config.fromfile``) and translates **every** key
+   into d2seg's config (starting from the base model yaml of that architecture); a key it does not
+   understand, or a value d2seg cannot express, stops the run with the key's path;
+2. finds the yaml parent the way mmseg inherits: a leaf whose ``_base_`` is a list inherits
+   ``configs/_base_/models/<model>.yaml``; one whose ``_base_`` is ``./<stem>.py`` (R-101,
+   HRNet-W18-Small / W48) inherits that leaf's yaml;
+3. loads the parent into a d2seg cfg (get_cfg + add_d2seg_config + merge_from_file) and writes
+   only the keys whose translated value differs from it, then reloads the written file and checks
+   that it equals the translation, key for key.
+
+It also writes configs/<method>/README.md: mmseg's reported results, read from the metafile
+shipped with mmseg (``<method>/<method>.yml``), a d2seg column ("—" until d2seg has trained the
+config: ``--d2seg-results FILE`` takes a JSON ``{"<method>/<stem>": mIoU}``) and links.
+"""
+import argparse
+import ast
+import inspect
+import json
+import os
+import re
+import sys
+import types
+from collections import OrderedDict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# mmseg config folder -> method title
+METHODS = OrderedDict([
+    ("fcn", "FCN"),
+    ("pspnet", "PSPNet"),
+    ("psanet", "PSANet"),
+    ("deeplabv3", "DeepLabV3"),
+    ("deeplabv3plus", "DeepLabV3+"),
+    ("upernet", "UPerNet"),
+    ("hrnet", "HRNet"),
+    ("gcnet", "GCNet"),
+    ("nonlocal_net", "NonLocal Net"),
+    ("ccnet", "CCNet"),
+    ("danet", "DANet"),
+    ("ann", "ANN"),
+    ("ocrnet", "OCRNet"),
+])
+# Stems mirrored: R-50/101-D8 (UPerNet: R-50/101) and HRNet W18/W18-Small/W48 configs on
+# Cityscapes 512x1024 (and the 769x769 slide-test variants), ADE20K and VOC 512x512.
+_PREFIX = (r"(fcn|pspnet|psanet|deeplabv3|deeplabv3plus|gcnet|nonlocal|ccnet|danet|ann|ocrnet)"
+           r"_r(50|101)-d8|upernet_r(50|101)|(fcn|ocrnet)_hr(18|18s|48)")
+STEM_RE = re.compile(
+    rf"^({_PREFIX})_(512x1024_(40k|80k|160k)(_b\d+)?_cityscapes|769x769_(40k|80k)_cityscapes"
+    r"|512x512_(80k|160k)_ade20k|512x512_(20k|40k)_voc12aug)$"
+)
+
+# mmseg dataset -> d2seg dataset names, label handling and mmseg's data layout (checked)
+DATASETS = {
+    "CityscapesDataset": dict(
+        train="cityscapes_fine_sem_seg_train", test="cityscapes_fine_sem_seg_val",
+        layout={"train": dict(img_dir="leftImg8bit/train", ann_dir="gtFine/train"),
+                "val": dict(img_dir="leftImg8bit/val", ann_dir="gtFine/val")},
+        title="Cityscapes", num_classes=19,
+    ),
+    "ADE20KDataset": dict(
+        train="ade20k_sem_seg_raw_train", test="ade20k_sem_seg_raw_val",
+        layout={"train": dict(img_dir="images/training", ann_dir="annotations/training"),
+                "val": dict(img_dir="images/validation", ann_dir="annotations/validation")},
+        title="ADE20K", num_classes=150,
+    ),
+    "PascalVOCDataset": dict(
+        train="voc_2012_sem_seg_trainaug", test="voc_2012_sem_seg_val",
+        layout={"train": dict(img_dir="JPEGImages",
+                              ann_dir=["SegmentationClass", "SegmentationClassAug"],
+                              split=["ImageSets/Segmentation/train.txt",
+                                     "ImageSets/Segmentation/aug.txt"]),
+                "val": dict(img_dir="JPEGImages", ann_dir="SegmentationClass",
+                            split="ImageSets/Segmentation/val.txt")},
+        title="Pascal VOC 2012 + Aug", num_classes=21,
+    ),
+}
+PRETRAINED = {  # mmseg ImageNet initialisation, by backbone
+    ("ResNetV1c", 50): "open-mmlab://resnet50_v1c",
+    ("ResNetV1c", 101): "open-mmlab://resnet101_v1c",
+    ("HRNet", "W18"): "open-mmlab://msra/hrnetv2_w18",
+    ("HRNet", "W18-Small"): "open-mmlab://msra/hrnetv2_w18_small",
+    ("HRNet", "W48"): "open-mmlab://msra/hrnetv2_w48",
+}
+GPUS = 4  # "We use distributed training with 4 GPUs by default" (mmseg docs/en/model_zoo.md)
+
+# mmseg decode-head type (+ backbone) -> d2seg base model yaml
+BASE_MODELS = {
+    ("ResNetV1c", "FCNHead"): "fcn_r50-d8",
+    ("ResNetV1c", "PSPHead"): "pspnet_r50-d8",
+    ("ResNetV1c", "PSAHead"): "psanet_r50-d8",
+    ("ResNetV1c", "ASPPHead"): "deeplabv3_r50-d8",
+    ("ResNetV1c", "DepthwiseSeparableASPPHead"): "deeplabv3plus_r50-d8",
+    ("ResNetV1c", "UPerHead"): "upernet_r50",
+    ("ResNetV1c", "GCHead"): "gcnet_r50-d8",
+    ("ResNetV1c", "NLHead"): "nonlocal_r50-d8",
+    ("ResNetV1c", "CCHead"): "ccnet_r50-d8",
+    ("ResNetV1c", "DAHead"): "danet_r50-d8",
+    ("ResNetV1c", "ANNHead"): "ann_r50-d8",
+    ("ResNetV1c", "FCNHead+OCRHead"): "ocrnet_r50-d8",
+    ("HRNet", "FCNHead"): "fcn_hr18",
+    ("HRNet", "FCNHead+OCRHead"): "ocrnet_hr18",
+}
+
+# Decode-head arguments shared by heads: mmseg name -> d2seg key in the head's node
+HEAD_ARGS = {
+    "channels": "CONVS_DIM",
+    "dropout_ratio": "DROPOUT",
+    "align_corners": "ALIGN_CORNERS",
+    # FCNHead and its subclasses (GC/NL/CC)
+    "num_convs": "NUM_CONVS",
+    "kernel_size": "KERNEL_SIZE",
+    "concat_input": "CONCAT_INPUT",
+    "dilation": "DILATION",
+}
+METHOD_ARGS = {  # per head type: mmseg argument -> absolute d2seg key
+    "PSPHead": {"pool_scales": "MODEL.PSP_HEAD.POOL_SCALES"},
+    "UPerHead": {"pool_scales": "MODEL.UPER_HEAD.POOL_SCALES"},
+    "ASPPHead": {"dilations": "MODEL.ASPP_HEAD.DILATIONS"},
+    "DepthwiseSeparableASPPHead": {"dilations": "MODEL.ASPP_HEAD.DILATIONS",
+                                   "c1_channels": "MODEL.ASPP_HEAD.C1_CHANNELS"},
+    "PSAHead": {"mask_size": "MODEL.PSA_HEAD.MASK_SIZE", "psa_type": "MODEL.PSA_HEAD.PSA_TYPE",
+                "compact": "MODEL.PSA_HEAD.COMPACT",
+                "shrink_factor": "MODEL.PSA_HEAD.SHRINK_FACTOR",
+                "normalization_factor": "MODEL.PSA_HEAD.NORMALIZATION_FACTOR",
+                "psa_softmax": "MODEL.PSA_HEAD.PSA_SOFTMAX"},
+    "GCHead": {"ratio": "MODEL.GC_HEAD.RATIO", "pooling_type": "MODEL.GC_HEAD.POOLING_TYPE",
+               "fusion_types": "MODEL.GC_HEAD.FUSION_TYPES"},
+    "NLHead": {"reduction": "MODEL.NL_HEAD.REDUCTION", "use_scale": "MODEL.NL_HEAD.USE_SCALE",
+               "mode": "MODEL.NL_HEAD.MODE"},
+    "CCHead": {"recurrence": "MODEL.CC_HEAD.RECURRENCE"},
+    "DAHead": {"pam_channels": "MODEL.DA_HEAD.PAM_CHANNELS"},
+    "ANNHead": {"project_channels": "MODEL.ANN_HEAD.PROJECT_CHANNELS",
+                "query_scales": "MODEL.ANN_HEAD.QUERY_SCALES",
+                "key_pool_scales": "MODEL.ANN_HEAD.KEY_POOL_SCALES"},
+    "OCRHead": {"ocr_channels": "MODEL.OCR_HEAD.OCR_CHANNELS", "scale": "MODEL.OCR_HEAD.SCALE"},
+    "FCNHead": {},
+}
+# Arguments that some heads pass to BaseDecodeHead themselves (not visible in any signature)
+FORCED_HEAD_ARGS = {"UPerHead": {"input_transform": "multiple_select"},
+                    "ANNHead": {"input_transform": "multiple_select"}}
+_BASE_HEAD_INIT = dict(type="Normal", std=0.01, override=dict(name="conv_seg"))
+
+
+class TranslationError(RuntimeError):
+    pass
+
+
+# ---- reading an mmseg config: every key must be consumed ---------------------------------------
+_MISSING = object()
+
+
+def _norm(v):
+    """Tuples as lists (mmseg mixes them freely), recursively."""
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _norm(x) for k, x in v.items()}
+    return v
+
+
+class Node:
+    """One mmseg config dict whose keys must all be read: ``take`` pops a key, ``node`` wraps a
+    sub-dict (whose keys must then be read too), ``expect`` pops and checks a value; ``leftover``
+    lists the keys nobody read."""
+
+    def __init__(self, d, path):
+        self.d, self.path, self.children = dict(d), path, []
+
+    def _p(self, key):
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key):
+        return key in self.d
+
+    def take(self, key, default=_MISSING):
+        if key not in self.d:
+            if default is _MISSING:
+                raise TranslationError(f"mmseg key {self._p(key)} is missing")
+            return default
+        return self.d.pop(key)
+
+    def node(self, key, default=_MISSING):
+        v = self.take(key, {} if default is _MISSING else default)
+        if not isinstance(v, dict):
+            raise TranslationError(f"mmseg key {self._p(key)} = {v!r}: expected a dict")
+        child = Node(v, self._p(key))
+        self.children.append(child)
+        return child
+
+    def items(self):
+        """Consumes and returns all remaining (key, value) pairs."""
+        out = list(self.d.items())
+        self.d.clear()
+        return out
+
+    def expect(self, key, value, default=_MISSING):
+        v = self.take(key, default)
+        if _norm(v) != _norm(value):
+            raise TranslationError(
+                f"mmseg key {self._p(key)} = {v!r}: d2seg only supports {value!r} here")
+        return v
+
+    def leftover(self):
+        out = [self._p(k) for k in self.d]
+        for c in self.children:
+            out += c.leftover()
+        return out
+
+
+# ---- d2seg cfg helpers -----------------------------------------------------------------------
+def new_cfg(config_file=None):
+    from detectron2.config import get_cfg
+
+    import d2seg
+
+    cfg = get_cfg()
+    d2seg.add_d2seg_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    return cfg
+
+
+def cfg_get(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def cfg_set(cfg, key, value):
+    """Sets an existing key, coercing the value to the key's type as yacs would require."""
+    *parents, last = key.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    if last not in node:
+        raise TranslationError(f"d2seg has no config key {key}")
+    old = node[last]
+    if isinstance(old, bool) or old is None:
+        pass
+    elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)):
+        value = type(old)(value)
+    if not (isinstance(value, type(old)) or (isinstance(old, (list, tuple))
+                                             and isinstance(value, (list, tuple)))):
+        raise TranslationError(f"{key}: {value!r} does not fit the type of {old!r}")
+    node[last] = value
+
+
+def flatten_cfg(cfg, prefix=""):
+    from detectron2.config import CfgNode
+
+    out = OrderedDict()
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, CfgNode):
+            out.update(flatten_cfg(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# ---- mmseg access ------------------------------------------------------------------------------
+def mmseg_config_root():
+    import importlib.util
+
+    spec = importlib.util.find_spec("mmseg")
+    if spec is None:
+        raise SystemExit("generate_configs.py needs MMSegmentation 0.30 installed (pip install "
+                         "mmsegmentation==0.30.0 mmcv==1.7.2)")
+    return os.path.join(os.path.dirname(spec.origin), ".mim", "configs")
+
+
+def _stub_mmcv_ext():
+    # mmseg's heads import mmcv.ops, whose compiled extension a pure-Python mmcv lacks; only the
+    # heads' signatures are read here, so a stub module is enough.
+    if "mmcv._ext" not in sys.modules:
+        mod = types.ModuleType("mmcv._ext")
+
+        def __getattr__(name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return lambda *a, **k: None
+        mod.__getattr__ = __getattr__
+        sys.modules["mmcv._ext"] = mod
+
+
+def head_defaults(head_type):
+    """Every keyword default of an mmseg head class, walking its MRO (subclass wins)."""
+    _stub_mmcv_ext()
+    from mmseg.models.builder import HEADS
+
+    cls = HEADS.get(head_type)
+    if cls is None:
+        raise TranslationError(f"unknown mmseg head type {head_type!r}")
+    out = {}
+    for c in reversed(cls.__mro__):
+        if "__init__" not in vars(c) or c.__module__.startswith(("torch", "mmcv")):
+            continue
+        for p in inspect.signature(c.__init__).parameters.values():
+            if p.default is not inspect.Parameter.empty:
+                out[p.name] = p.default
+    out.update(FORCED_HEAD_ARGS.get(head_type, {}))
+    return out
+
+
+def load_mmseg(stem):
+    from mmcv import Config
+
+    path = os.path.join(mmseg_config_root(), stem + ".py")
+    return Config.fromfile(path)._cfg_dict.to_dict(), path
+
+
+def mmseg_parent(path):
+    """The ``_base_`` of an mmseg config file: ('leaf', stem) or ('model', name)."""
+    tree = ast.parse(open(path).read())
+    base = None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "_base_" for t in node.targets):
+            base = ast.literal_eval(node.value)
+    folder = os.path.basename(os.path.dirname(path))
+    if isinstance(base, str):
+        m = re.fullmatch(r"\./(.+)\.py", base)
+        if not m:
+            raise TranslationError(f"{path}: unexpected _base_ {base!r}")
+        return "leaf", f"{folder}/{m[1]}"
+    models = [b for b in base or [] if b.startswith("../_base_/models/")]
+    if len(models) != 1:
+        raise TranslationError(f"{path}: expected one ../_base_/models/ in _base_ = {base!r}")
+    return "model", os.path.basename(models[0])[:-3]
+
+
+# ---- the translation -------------------------------------------------------------------------
+class Translation:
+    """The d2seg cfg of one mmseg config, plus facts for comments and READMEs."""
+
+    def __init__(self, stem):
+        self.stem = stem
+        raw, self.path = load_mmseg(stem)
+        self.root = Node(raw, "")
+        self.notes = {}  # d2seg key -> comment
+        self.facts = {}
+        self.translate()
+        left = self.root.leftover()
+        if left:
+            raise TranslationError(f"{stem}: mmseg keys not translated: {', '.join(left)}")
+
+    def set(self, key, value, note=None):
+        cfg_set(self.cfg, key, value)
+        self.assigned[key] = None
+        if note:
+            self.notes[key] = note
+
+    # -- model --
+    def translate(self):
+        r = self.root
+        model = r.node("model")
+        backbone = model.node("backbone")
+        btype = backbone.take("type")
+        decode = model.take("decode_head")
+        if model.take("type") == "CascadeEncoderDecoder":
+            model.expect("num_stages", 2)
+            if not isinstance(decode, list) or len(decode) != 2:
+                raise TranslationError(f"{self.stem}: cascade needs 2 decode heads")
+            heads = [Node(d, f"model.decode_head[{i}]") for i, d in enumerate(decode)]
+            head_key = "+".join(h.d["type"] for h in heads)
+            arch = "CascadeEncoderDecoder"
+        else:
+            heads = [Node(decode, "model.decode_head")]
+            head_key = decode["type"]
+            arch = "EncoderDecoder"
+        self.root.children += heads
+        if (btype, head_key) not in BASE_MODELS:
+            raise TranslationError(f"{self.stem}: no d2seg base model for {btype} + {head_key}")
+        self.base_model = BASE_MODELS[(btype, head_key)]
+        self.cfg = new_cfg(os.path.join(REPO, "configs/_base_/models", self.base_model + ".yaml"))
+        self.assigned = OrderedDict()
+        self.set("MODEL.META_ARCHITECTURE", arch)
+
+        if btype == "ResNetV1c":
+            channels = self.resnet(backbone)
+        else:
+            channels = self.hrnet(backbone)
+        self.facts["pretrained"] = model.take("pretrained")
+        if self.facts["pretrained"] != PRETRAINED[(btype, self.facts["backbone_id"])]:
+            raise TranslationError(f"{self.stem}: unexpected pretrained "
+                                   f"{self.facts['pretrained']!r}")
+        model.expect("train_cfg", {}, {})
+        test_cfg = model.node("test_cfg")
+        mode = test_cfg.take("mode")
+        self.set("TEST.MODE", mode)
+        if mode == "slide":
+            self.set("TEST.CROP_SIZE", list(test_cfg.take("crop_size")))
+            self.set("TEST.STRIDE", list(test_cfg.take("stride")))
+        elif mode != "whole":
+            raise TranslationError(f"{self.stem}: test mode {mode!r}")
+
+        self.num_classes = set()
+        self.ignore = set()
+        nodes = ["MODEL.CASCADE_HEAD", "MODEL.SEM_SEG_HEAD"] if len(heads) == 2 else [
+            "MODEL.SEM_SEG_HEAD"]
+        for head, node in zip(heads, nodes):
+            self.head(head, node, channels)
+        aux = model.take("auxiliary_head", None)
+        if aux is None:
+            self.set("MODEL.AUX_HEAD.NAME", "")
+        elif isinstance(aux, dict):
+            n = Node(aux, "model.auxiliary_head")
+            self.root.children.append(n)
+            self.head(n, "MODEL.AUX_HEAD", channels)
+        else:
+            raise TranslationError(f"{self.stem}: d2seg has one auxiliary head, got {aux!r}")
+        if len(self.num_classes) != 1 or len(self.ignore) != 1:
+            raise TranslationError(f"{self.stem}: heads disagree on num_classes/ignore_index")
+        self.set("MODEL.SEM_SEG_HEAD.NUM_CLASSES", self.num_classes.pop())
+        self.set("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", self.ignore.pop())
+        self.data()
+        self.schedule()
+        # variables of the config files, already checked through the values they fed
+        r.take("norm_cfg", None)
+        r.take("img_norm_cfg")
+        r.take("crop_size")
+        r.take("dataset_type")
+        r.take("data_root")
+
+    def norm(self, node, key):
+        n = node.node(key)
+        kind = n.take("type")
+        n.expect("requires_grad", True)
+        if kind not in ("SyncBN", "BN", "GN"):
+            raise TranslationError(f"{n.path}: norm {kind!r}")
+        return kind
+
+    def resnet(self, b):
+        depth = b.take("depth")
+        self.facts["backbone_id"] = depth
+        self.facts["backbone"] = f"R-{depth}" + ("-D8" if b.d.get("dilations") == (1, 1, 2, 4)
+                                                else "")
+        self.set("MODEL.BACKBONE.NAME", "build_dilated_resnet_backbone")
+        self.set("MODEL.BACKBONE.FREEZE_AT", 0)  # norm_eval=False, frozen_stages=-1
+        self.set("MODEL.RESNETS.DEPTH", depth)
+        self.set("MODEL.RESNETS.STEM_TYPE", "deep")  # V1c
+        b.expect("num_stages", 4)
+        self.set("MODEL.RESNETS.STAGE_DILATIONS", list(b.take("dilations")))
+        self.set("MODEL.RESNETS.STAGE_STRIDES", list(b.take("strides")))
+        self.set("MODEL.RESNETS.CONTRACT_DILATION", b.take("contract_dilation"))
+        style = b.take("style")
+        if style not in ("pytorch", "caffe"):
+            raise TranslationError(f"{self.stem}: ResNet style {style!r}")
+        self.set("MODEL.RESNETS.STRIDE_IN_1X1", style == "caffe")
+        self.set("MODEL.RESNETS.NORM", self.norm(b, "norm_cfg"))
+        b.expect("norm_eval", False)
+        out = ["res2", "res3", "res4", "res5"]
+        idx = list(b.take("out_indices"))
+        self.set("MODEL.RESNETS.OUT_FEATURES", [out[i] for i in idx])
+        base = 64 * (4 if depth >= 50 else 1)  # ResNetV1c's defaults: base_channels=64
+        return {f: base * 2 ** i for i, f in enumerate(out) if i in idx}
+
+    def hrnet(self, b):
+        extra = b.node("extra")
+        stages = [extra.node(f"stage{i}") for i in range(1, 5)]
+        modules, blocks = [], []
+        for i, s in enumerate(stages):
+            s.expect("num_branches", i + 1)
+            s.expect("block", "BOTTLENECK" if i == 0 else "BASIC")
+            modules.append(s.take("num_modules"))
+            nb = list(s.take("num_blocks"))
+            if len(set(nb)) != 1:
+                raise TranslationError(f"{s.path}.num_blocks={nb}: d2seg needs equal branches")
+            blocks.append(nb[0])
+            s.channels = list(s.take("num_channels"))
+        widths = stages[3].channels
+        for i in (1, 2):
+            if stages[i].channels != widths[: i + 1]:
+                raise TranslationError(f"{stages[i].path}.num_channels != a prefix of stage4's")
+        self.set("MODEL.BACKBONE.NAME", "build_hrnet_backbone")
+        self.set("MODEL.HRNET.STAGE1_CHANNELS", stages[0].channels[0])
+        self.set("MODEL.HRNET.BRANCH_CHANNELS", widths)
+        self.set("MODEL.HRNET.NUM_MODULES", modules)
+        self.set("MODEL.HRNET.NUM_BLOCKS", blocks)
+        self.set("MODEL.HRNET.NORM", self.norm(b, "norm_cfg"))
+        b.expect("norm_eval", False)
+        bid = {18: "W18", 48: "W48"}[widths[0]]
+        if bid == "W18" and blocks == [2, 2, 2, 2]:
+            bid = "W18-Small"
+        self.facts["backbone_id"] = bid
+        self.facts["backbone"] = f"HRNetV2p-{bid}"
+        names = [f"hr{i + 1}" for i in range(4)]
+        self.set("MODEL.HRNET.OUT_FEATURES", names)
+        return dict(zip(names, widths))
+
+    def head(self, h, node, channels):
+        htype = h.take("type")
+        self.set(f"{node}.NAME", htype)
+        if htype not in METHOD_ARGS:
+            raise TranslationError(f"{h.path}: d2seg has no {htype}")
+        args = head_defaults(htype)
+        args.update(h.items())  # the config's arguments over the class defaults
+        features = list(channels)
+        # inputs
+        index = args.pop("in_index")
+        transform = args.pop("input_transform") or ""
+        if isinstance(index, (list, tuple)):
+            names = [features[i] for i in index]
+            if transform not in ("resize_concat", "multiple_select"):
+                raise TranslationError(f"{h.path}: in_index {index} with {transform!r}")
+        else:
+            names = [features[index]]
+            if transform:
+                raise TranslationError(f"{h.path}: single in_index with {transform!r}")
+        in_ch = args.pop("in_channels")
+        want = [channels[n] for n in names]
+        if _norm(in_ch) != (want if isinstance(index, (list, tuple)) else want[0]):
+            raise TranslationError(f"{h.path}.in_channels={in_ch}, backbone gives {want}")
+        self.set(f"{node}.IN_FEATURES", names)
+        self.set(f"{node}.INPUT_TRANSFORM", transform)
+        # shared arguments
+        num_classes = args.pop("num_classes")
+        self.num_classes.add(num_classes)
+        self.ignore.add(args.pop("ignore_index"))
+        norm = args.pop("norm_cfg")
+        if not norm or norm.get("requires_grad") is not True or set(norm) != {
+                "type", "requires_grad"}:
+            raise TranslationError(f"{h.path}.norm_cfg={norm!r}: d2seg takes a trainable norm "
+                                   "type only")
+        self.set(f"{node}.NORM", norm["type"])
+        loss = args.pop("loss_decode")
+        if not isinstance(loss, dict) or loss.get("type") != "CrossEntropyLoss":
+            raise TranslationError(f"{h.path}.loss_decode={loss!r}: d2seg has cross-entropy")
+        loss = {k: v for k, v in loss.items() if k != "type"}
+        for k, v in dict(use_sigmoid=False, use_mask=False, reduction="mean",
+                         loss_name="loss_ce").items():
+            if loss.pop(k, v) != v:
+                raise TranslationError(f"{h.path}.loss_decode.{k}: only {v!r} is supported")
+        self.set(f"{node}.LOSS_WEIGHT", loss.pop("loss_weight", 1.0))
+        cw = loss.pop("class_weight", None)
+        if cw is not None and not isinstance(cw, (list, tuple)):
+            raise TranslationError(f"{h.path}.loss_decode.class_weight={cw!r}: give a list")
+        self.set(f"{node}.CLASS_WEIGHT", list(cw or []))
+        self.set(f"{node}.LOSS_AVG_NON_IGNORE", loss.pop("avg_non_ignore", False))
+        if loss:
+            raise TranslationError(f"{h.path}.loss_decode: unknown {sorted(loss)}")
+        if args.pop("out_channels", None) not in (None, num_classes):
+            raise TranslationError(f"{h.path}.out_channels: d2seg has num_classes outputs")
+        for k, v in dict(threshold=None, conv_cfg=None, act_cfg=dict(type="ReLU"), sampler=None,
+                         init_cfg=_BASE_HEAD_INIT).items():
+            if _norm(args.pop(k, v)) != _norm(v):
+                raise TranslationError(f"{h.path}.{k}: d2seg only supports {v!r}")
+        if args.get("c1_in_channels") is not None:
+            c1 = args.pop("c1_in_channels")
+            feat = features[0]  # mmseg: inputs[0], the first backbone output
+            if channels[feat] != c1:
+                raise TranslationError(f"{h.path}.c1_in_channels={c1}, {feat} has {channels[feat]}")
+            self.set("MODEL.ASPP_HEAD.C1_IN_FEATURE", feat)
+        for k in list(args):
+            if k in HEAD_ARGS:
+                self.set(f"{node}.{HEAD_ARGS[k]}", _plain(args.pop(k)))
+            elif k in METHOD_ARGS[htype]:
+                self.set(METHOD_ARGS[htype][k], _plain(args.pop(k)))
+        if args:
+            raise TranslationError(f"{h.path} ({htype}): not translated: {sorted(args)}")
+        if htype == "PSAHead":
+            self.facts["mask_size"] = list(cfg_get(self.cfg, "MODEL.PSA_HEAD.MASK_SIZE"))
+
+    # -- data --
+    def data(self):
+        r = self.root
+        data = r.node("data")
+        gpus = GPUS
+        m = re.search(r"_b(\d+)_", self.stem)
+        per_gpu = data.take("samples_per_gpu")
+        if m:  # e.g. OCRNet's _b16_: 8 GPUs x 2
+            if int(m[1]) % per_gpu:
+                raise TranslationError(f"{self.stem}: batch {m[1]} vs samples_per_gpu {per_gpu}")
+            gpus = int(m[1]) // per_gpu
+        self.facts["gpus"], self.facts["per_gpu"] = gpus, per_gpu
+        self.set("SOLVER.IMS_PER_BATCH", per_gpu * gpus,
+                 f"mmseg: {gpus} GPUs x {per_gpu} images (samples_per_gpu)")
+        self.set("DATALOADER.NUM_WORKERS", data.take("workers_per_gpu"))
+        splits = {k: data.node(k) for k in ("train", "val", "test")}
+        kind = splits["train"].take("type")
+        if kind not in DATASETS:
+            raise TranslationError(f"{self.stem}: dataset {kind!r}")
+        ds = DATASETS[kind]
+        self.facts["dataset"] = kind
+        for name, split in splits.items():
+            if name != "train":
+                split.expect("type", kind)
+            split.take("data_root")  # d2seg: $DETECTRON2_DATASETS (see docs/datasets.md)
+            layout = ds["layout"]["train" if name == "train" else "val"]
+            for k in ("img_dir", "ann_dir", "split"):
+                if k in layout or split.has(k):
+                    split.expect(k, layout.get(k))
+        self.set("DATASETS.TRAIN", (ds["train"],))
+        self.set("DATASETS.TEST", (ds["test"],))
+
+        train = r.take("train_pipeline")
+        if _norm(splits["train"].take("pipeline")) != _norm(train):
+            raise TranslationError(f"{self.stem}: data.train.pipeline != train_pipeline")
+        test = r.take("test_pipeline")
+        for name in ("val", "test"):
+            if _norm(splits[name].take("pipeline")) != _norm(test):
+                raise TranslationError(f"{self.stem}: data.{name}.pipeline != test_pipeline")
+        self.train_pipeline(train)
+        self.test_pipeline(test)
+
+    def steps(self, pipeline, path, kinds):
+        if [s.get("type") for s in pipeline] != kinds:
+            raise TranslationError(f"{self.stem}: {path} = {[s.get('type') for s in pipeline]}, "
+                                   f"d2seg implements {kinds}")
+        out = []
+        for i, s in enumerate(pipeline):
+            n = Node(s, f"{path}[{i}]")
+            n.take("type")
+            self.root.children.append(n)
+            out.append(n)
+        return out
+
+    def normalize(self, n):
+        self.set("MODEL.PIXEL_MEAN", list(n.take("mean")))
+        self.set("MODEL.PIXEL_STD", list(n.take("std")))
+        self.set("INPUT.FORMAT", "RGB" if n.take("to_rgb") else "BGR")
+
+    def train_pipeline(self, p):
+        # steps without arguments (LoadImageFromFile, PhotoMetricDistortion, ...) must keep
+        # mmseg's defaults: any argument given is left unread and fails the translation
+        _, ann, resize, crop, flip, _, norm, pad, _, collect = self.steps(p, "train_pipeline", [
+            "LoadImageFromFile", "LoadAnnotations", "Resize", "RandomCrop", "RandomFlip",
+            "PhotoMetricDistortion", "Normalize", "Pad", "DefaultFormatBundle", "Collect"])
+        self.set("INPUT.REDUCE_ZERO_LABEL", ann.take("reduce_zero_label", False),
+                 "mmseg LoadAnnotations(reduce_zero_label): 0 -> 255, k -> k-1"
+                 if ann.d.get("reduce_zero_label") else None)
+        self.set("INPUT.IMG_SCALE", list(resize.take("img_scale")))
+        self.set("INPUT.RATIO_RANGE", list(resize.take("ratio_range")))
+        resize.expect("keep_ratio", True, True)
+        crop_size = list(crop.take("crop_size"))
+        self.set("INPUT.CROP.ENABLED", True)
+        self.set("INPUT.CROP.TYPE", "absolute")
+        self.set("INPUT.CROP.SIZE", crop_size)
+        self.set("INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", crop.take("cat_max_ratio"))
+        crop.expect("ignore_index", 255, 255)
+        flip.expect("prob", 0.5)
+        flip.expect("direction", "horizontal", "horizontal")
+        self.set("INPUT.RANDOM_FLIP", "horizontal")
+        self.set("INPUT.PHOTOMETRIC_DISTORTION", True)  # mmseg's defaults, see mappers
+        self.normalize(norm)
+        pad.expect("size", crop_size)  # d2seg pads training batches to INPUT.CROP.SIZE
+        pad.expect("pad_val", 0)
+        pad.expect("seg_pad_val", 255)
+        collect.expect("keys", ["img", "gt_semantic_seg"])
+        self.facts["crop"] = crop_size
+
+    def test_pipeline(self, p):
+        _, aug = self.steps(p, "test_pipeline", ["LoadImageFromFile", "MultiScaleFlipAug"])
+        self.set("INPUT.TEST_IMG_SCALE", list(aug.take("img_scale")))
+        aug.expect("flip", False)
+        if aug.has("img_ratios"):
+            raise TranslationError(f"{self.stem}: test img_ratios (use TEST.AUG)")
+        resize, _, norm, to_tensor, collect = self.steps(aug.take("transforms"),
+                                                            "test_pipeline[1].transforms", [
+            "Resize", "RandomFlip", "Normalize", "ImageToTensor", "Collect"])
+        resize.expect("keep_ratio", True)
+        to_tensor.expect("keys", ["img"])
+        collect.expect("keys", ["img"])
+        mean, std = list(self.cfg.MODEL.PIXEL_MEAN), list(self.cfg.MODEL.PIXEL_STD)
+        norm.expect("mean", mean)
+        norm.expect("std", std)
+        norm.expect("to_rgb", self.cfg.INPUT.FORMAT == "RGB")
+
+    # -- optimiser, schedule, runtime --
+    def schedule(self):
+        r = self.root
+        opt = r.node("optimizer")
+        opt.expect("type", "SGD")
+        self.set("SOLVER.BASE_LR", opt.take("lr"))
+        self.set("SOLVER.MOMENTUM", opt.take("momentum"))
+        wd = opt.take("weight_decay")
+        self.set("SOLVER.WEIGHT_DECAY", wd)
+        self.set("SOLVER.WEIGHT_DECAY_NORM", wd)  # no paramwise_cfg: norms decay too
+        r.expect("optimizer_config", {})
+        lr = r.node("lr_config")
+        lr.expect("policy", "poly")
+        lr.expect("by_epoch", False)
+        self.set("SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR")
+        self.set("SOLVER.POLY_LR_POWER", lr.take("power"))
+        self.set("SOLVER.POLY_LR_MIN_LR", lr.take("min_lr"))
+        self.set("SOLVER.WARMUP_ITERS", 0)
+        runner = r.node("runner")
+        runner.expect("type", "IterBasedRunner")
+        self.set("SOLVER.MAX_ITER", runner.take("max_iters"))
+        ckpt = r.node("checkpoint_config")
+        ckpt.expect("by_epoch", False)
+        self.set("SOLVER.CHECKPOINT_PERIOD", ckpt.take("interval"))
+        ev = r.node("evaluation")
+        self.set("TEST.EVAL_PERIOD", ev.take("interval"))
+        ev.expect("metric", "mIoU")
+        ev.take("pre_eval", None)  # memory-saving evaluation; d2seg accumulates histograms
+        self.set("CUDNN_BENCHMARK", r.take("cudnn_benchmark"))
+        # Runtime settings Detectron2 fixes itself (its writers log every 20 iterations,
+        # launch() uses NCCL on GPUs, MODEL.WEIGHTS / --resume replace load_from / resume_from).
+        log = r.node("log_config")
+        log.take("interval")
+        log.expect("hooks", [dict(type="TextLoggerHook", by_epoch=False)])
+        r.expect("dist_params", dict(backend="nccl"))
+        r.expect("log_level", "INFO")
+        r.expect("load_from", None)
+        r.expect("resume_from", None)
+        r.expect("workflow", [("train", 1)])
+
+
+def _plain(v):
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+# ---- writing yamls ---------------------------------------------------------------------------
+def _fmt(key, v):
+    if key.startswith("DATASETS.") and isinstance(v, (list, tuple)):
+        return "(" + "".join(json.dumps(x) + "," for x in v) + ")"
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(key, x) for x in v) + "]"
+    raise TypeError(f"{key}: cannot write {v!r}")
+
+
+def dump_keys(items, notes):
+    """Nested yaml of dotted (key, value) pairs; siblings keep their first-seen order."""
+    tree = OrderedDict()
+    for key, v in items:
+        node = tree
+        for part in key.split(".")[:-1]:
+            node = node.setdefault(part, OrderedDict())
+        node[key.split(".")[-1]] = (key, v)
+
+    def emit(node, depth):
+        for name, v in node.items():
+            if isinstance(v, OrderedDict):
+                yield "  " * depth + name + ":"
+                yield from emit(v, depth + 1)
+            else:
+                key, value = v
+                line = "  " * depth + f"{name}: {_fmt(key, value)}"
+                yield line + (f"  # {notes[key]}" if key in notes else "")
+    return list(emit(tree, 0))
+
+
+def _same(a, b):
+    return _norm(a) == _norm(b)
+
+
+# Keys every leaf of a base model writes even where they equal a default: the recipe that mmseg's
+# dataset and schedule files set (d2seg/Detectron2 defaults may coincide with them by chance).
+RECIPE_KEYS = [
+    "DATASETS.TRAIN", "DATASETS.TEST", "INPUT.IMG_SCALE", "INPUT.CROP.SIZE",
+    "INPUT.TEST_IMG_SCALE", "SOLVER.IMS_PER_BATCH", "SOLVER.MAX_ITER",
+    "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD",
+]
+_TOP = ["MODEL", "DATASETS", "INPUT", "DATALOADER", "SOLVER", "TEST"]
+
+
+def _key_rank(assigned):
+    order = {k: i for i, k in enumerate(assigned)}
+
+    def rank(key):
+        top = key.split(".")[0]
+        return (_TOP.index(top) if top in _TOP else len(_TOP), order[key])
+    return rank
+
+
+def folder_of(stem):
+    return stem.split("/")[0]
+
+
+class Generator:
+    """Translates stems (parents first) into yaml texts, kept in memory until main writes them."""
+
+    def __init__(self):
+        self.done = {}  # stem -> Translation
+        self.texts = {}  # path under configs/ -> text
+
+    def close(self):
+        import shutil
+
+        if hasattr(self, "_tmp"):
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def parent_cfg(self, kind, name):
+        if kind == "model":
+            path = os.path.join(REPO, "configs/_base_/models", name + ".yaml")
+            if not os.path.exists(path):
+                raise TranslationError(f"missing configs/_base_/models/{name}.yaml")
+            return new_cfg(path)
+        self.generate(name)
+        return self.load_generated(name)
+
+    def load_generated(self, stem):
+        """Loads a generated leaf through its text (works before the files are written)."""
+        # _BASE_ paths are relative: write the chain into a scratch copy of configs/
+        tmp = self._scratch()
+        return new_cfg(os.path.join(tmp, stem + ".yaml"))
+
+    def _scratch(self):
+        import shutil
+        import tempfile
+
+        if not hasattr(self, "_tmp"):
+            self._tmp = tempfile.mkdtemp(prefix="d2seg_gen_")
+            shutil.copytree(os.path.join(REPO, "configs/_base_"),
+                            os.path.join(self._tmp, "_base_"))
+        for rel, text in self.texts.items():
+            p = os.path.join(self._tmp, rel)
+            if not os.path.exists(p):
+                os.makedirs(os.path.dirname(p), exist_ok=True)
+                with open(p, "w") as f:
+                    f.write(text)
+        return self._tmp
+
+    def generate(self, stem):
+        if stem in self.done:
+            return self.done[stem]
+        t = Translation(stem)
+        kind, name = mmseg_parent(t.path)
+        if kind == "model" and name != t.base_model:
+            raise TranslationError(f"{stem}: mmseg base {name} but d2seg base {t.base_model}")
+        parent = self.parent_cfg(kind, name)
+        full = flatten_cfg(t.cfg)
+        old = flatten_cfg(parent)
+        explicit = set(RECIPE_KEYS) if kind == "model" else set()
+        if kind == "model" and t.cfg.TEST.MODE == "slide":
+            explicit |= {"TEST.CROP_SIZE", "TEST.STRIDE"}
+        diff = [(k, full[k]) for k in sorted(t.assigned, key=_key_rank(t.assigned))
+                if k in explicit or not _same(full[k], old[k])]
+        # the translation must account for every difference from the parent
+        stray = [k for k, v in full.items() if k not in t.assigned and not _same(v, old[k])]
+        if stray:
+            raise TranslationError(f"{stem}: differs from its parent on untranslated {stray}")
+        base = (f"../_base_/models/{name}.yaml" if kind == "model"
+                else os.path.relpath(name + ".yaml", folder_of(stem)))
+        header = [
+            f"# MMSegmentation 0.30: configs/{stem}.py",
+            "# Generated by tools/generate_configs.py from mmseg's config: edit the generator.",
+        ]
+        parent_pre = None if kind == "model" else self.done[name].facts["pretrained"]
+        if t.facts["pretrained"] != parent_pre:
+            header.append(f"# mmseg's backbone init: {t.facts['pretrained']} (ImageNet; "
+                          "see docs/model_zoo.md)")
+        lines = header + [f'_BASE_: "{base}"'] + dump_keys(diff, t.notes)
+        text = "\n".join(lines) + "\n"
+        rel = stem + ".yaml"
+        self.texts[rel] = text
+        self.done[stem] = t
+        # round trip: the written file must load to exactly the translation
+        back = flatten_cfg(self.load_generated(stem))
+        bad = [k for k in full if not _same(full[k], back[k])]
+        if bad:
+            raise TranslationError(f"{stem}: yaml does not load back to the translation: {bad}")
+        return t
+
+
+def select_stems(root):
+    stems = []
+    for folder in METHODS:
+        for f in sorted(os.listdir(os.path.join(root, folder))):
+            if f.endswith(".py") and STEM_RE.match(f[:-3]):
+                stems.append(f"{folder}/{f[:-3]}")
+    return stems
+
+
+# ---- READMEs ---------------------------------------------------------------------------------
+def _metafile(root, folder):
+    import yaml
+
+    path = os.path.join(root, folder, f"{folder}.yml")
+    with open(path) as f:
+        meta = yaml.safe_load(f)
+    models = {m["Name"]: m for m in meta["Models"]}
+    return (meta.get("Collections") or [{}])[0], models
+
+
+PAPERS = {  # where mmseg's metafile has no collection entry
+    "hrnet": {"Title": "Deep High-Resolution Representation Learning for Visual Recognition",
+              "URL": "https://arxiv.org/abs/1908.07919"},
+}
+
+
+def _miou(v):
+    return "-" if v is None else f"{float(v):.2f}"
+
+
+def _num(v):
+    return "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
+
+
+def readme(folder, translations, meta_root, d2seg_results):
+    coll, models = _metafile(meta_root, folder)
+    title = METHODS[folder]
+    paper = coll.get("Paper") or PAPERS.get(folder, {})
+    heads = sorted({t.cfg.MODEL.SEM_SEG_HEAD.NAME for t in translations})
+    lines = [
+        f"# {title}",
+        "",
+        f"[{paper.get('Title', title)}]({paper.get('URL', '')})",
+        "",
+        f"d2seg's `{'`, `'.join(heads)}` mirrors MMSegmentation 0.30's, layer for layer (same "
+        "module names: mmseg checkpoints load through `d2seg.checkpoint`). Each config below is "
+        "generated from the mmseg config of the same name by `tools/generate_configs.py`: same "
+        "model, dataset pipeline, crop, batch, schedule and test mode.",
+        "",
+        "- **mmseg** columns: MMSegmentation 0.30's reported results (its metafile "
+        f"`configs/{folder}/{folder}.yml`): single-scale mIoU, multi-scale + flip mIoU "
+        "(ms+flip), training memory per GPU (Mem, GB) and inference speed (fps, from "
+        "mmseg's `tools/benchmark.py` on a V100); `-` = not reported.",
+        "- **d2seg mIoU**: single-scale mIoU of d2seg trained with that config; "
+        "\"—\" = not yet trained.",
+        "- **Batch** is the total batch (`SOLVER.IMS_PER_BATCH`) = mmseg's GPUs x images per GPU.",
+        "",
+    ]
+    by_ds = OrderedDict((k, []) for k in DATASETS)
+    for t in translations:
+        by_ds[t.facts["dataset"]].append(t)
+    for kind, ts in by_ds.items():
+        if not ts:
+            continue
+        lines += [f"## {DATASETS[kind]['title']}", ""]
+        lines += ["| Backbone | Crop size | Lr schd | Batch | Mem (GB) | Inf time (fps) | "
+                  "mIoU (mmseg) | mIoU ms+flip (mmseg) | mIoU (d2seg) | config | mmseg model |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for t in sorted(ts, key=_row_key):
+            name = t.stem.split("/")[1]
+            m = models.get(name)
+            if m is None:
+                raise TranslationError(f"{name} is not in mmseg's metafile {folder}.yml")
+            md = m.get("Metadata", {})
+            inf = md.get("inference time (ms/im)")
+            fps = "-" if not inf else f"{1000.0 / inf[0]['value']:.2f}"
+            mem = md.get("Training Memory (GB)")
+            metrics = m["Results"][0]["Metrics"] if isinstance(m["Results"], list) else \
+                m["Results"]["Metrics"]
+            ours = d2seg_results.get(t.stem)
+            crop = "x".join(map(str, t.facts["crop"]))
+            backbone = t.facts["backbone"]
+            if "mask_size" in t.facts:
+                backbone += f" (mask {t.facts['mask_size'][0]}x{t.facts['mask_size'][1]})"
+            lines.append(
+                f"| {backbone} | {crop} | {t.cfg.SOLVER.MAX_ITER // 1000}k | "
+                f"{t.cfg.SOLVER.IMS_PER_BATCH} | {_num(mem)} | {fps} | "
+                f"{_miou(metrics.get('mIoU'))} | {_miou(metrics.get('mIoU(ms+flip)'))} | "
+                f"{'—' if ours is None else _miou(ours)} | [config]({name}.yaml) | "
+                f"[model]({m['Weights']}) |")
+        lines.append("")
+    slide = any(t.cfg.TEST.MODE == "slide" for t in translations)
+    lines += [
+        "Notes",
+        "",
+        "- Cityscapes 512x1024 and ADE20K/VOC 512x512 configs test on the whole image "
+        "(`TEST.MODE whole`, resized to `INPUT.TEST_IMG_SCALE`) with `align_corners=False`"
+        + ("; the 769x769 Cityscapes configs use `align_corners=True` and sliding-window "
+           "inference (`TEST.MODE slide`, 769x769 windows, stride 513)." if slide else "."),
+        "- ms+flip is mmseg's `tools/test.py --aug-test`: softmax averaged over the image "
+        "resized by 0.5, 0.75, 1.0, 1.25, 1.5 and 1.75, each also flipped.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+_BACKBONE_RANK = ["R-50-D8", "R-50", "R-101-D8", "R-101", "HRNetV2p-W18-Small", "HRNetV2p-W18",
+                  "HRNetV2p-W48"]
+
+
+def _row_key(t):
+    return (t.facts["crop"] == [769, 769], _BACKBONE_RANK.index(t.facts["backbone"]),
+            t.cfg.SOLVER.MAX_ITER, t.cfg.SOLVER.IMS_PER_BATCH)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="fail if a file would change")
+    ap.add_argument("--d2seg-results", help="JSON {'<folder>/<stem>': mIoU} of d2seg runs")
+    ap.add_argument("--only", nargs="*", help="stems (folder/stem) to generate")
+    args = ap.parse_args(argv)
+    root = mmseg_config_root()
+    stems = args.only or select_stems(root)
+    gen = Generator()
+    try:
+        for stem in stems:
+            gen.generate(stem)
+    except TranslationError as e:
+        raise SystemExit(f"error: {e}")
+    finally:
+        gen.close()
+    results = json.load(open(args.d2seg_results)) if args.d2seg_results else {}
+    files = dict(gen.texts)
+    if not args.only:
+        for folder in METHODS:
+            ts = [t for s, t in gen.done.items() if folder_of(s) == folder]
+            files[f"{folder}/README.md"] = readme(folder, ts, root, results)
+    changed = []
+    for rel, text in files.items():
+        path = os.path.join(REPO, "configs", rel)
+        old = open(path).read() if os.path.exists(path) else None
+        if old != text:
+            changed.append(rel)
+            if not args.check:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as f:
+                    f.write(text)
+    n_yaml = sum(rel.endswith(".yaml") for rel in files)
+    print(f"{n_yaml} yamls, {len(files) - n_yaml} READMEs; "
+          f"{len(changed)} {'would change' if args.check else 'written'}")
+    if args.check and changed:
+        print("\n".join(changed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
