@@ -1,10 +1,10 @@
 """``d2seg_shapes``: a small procedurally generated dataset for smoke tests and tutorials.
 
-Images of ~128x128 (each side 96..160) show 2-7 objects on a textured background. Colours are
-random per instance, so classes must be told apart by SHAPE (solid disc, rectangle, triangle,
-ring, cross) or TEXTURE (striped, checkered: any outline), at scales from a few pixels to half the
-image, with occlusion, grain noise, background scribbles, JPEG artefacts and class imbalance.
-About a third of the objects carry a thin ignore (255) band along their boundary.
+Images of ~128x128 (each side 96..160) show 4-10 objects on a grainy, colour-varying background.
+Colours are random per instance, so the 7 object classes must be told apart by SHAPE (solid disc,
+rectangle, triangle, ring) or TEXTURE (striped, checkered, dotted, on any outline), at radii of
+9 to ~40 pixels, with limited occlusion, background scribbles, JPEG artefacts and mild class
+imbalance. About a third of the objects carry a thin ignore (255) band along their boundary.
 
 The tree ``$DETECTRON2_DATASETS/d2seg_shapes/{images,annotations}/{train,val}`` (JPG + PNG) is
 generated on first use, deterministically from a seed, into a temporary folder that is renamed
@@ -30,13 +30,13 @@ __all__ = ["SHAPES_CLASSES", "render_shapes_sample", "prepare_shapes_dataset",
 logger = logging.getLogger(__name__)
 
 SHAPES_CLASSES = [
-    "background", "disc", "rectangle", "triangle", "ring", "cross", "striped", "checkered"
+    "background", "disc", "rectangle", "triangle", "ring", "striped", "checkered", "dotted"
 ]
 SHAPES_COLORS = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                  [70, 240, 240], [245, 130, 48], [145, 30, 180]]
-_SOLID = ("disc", "rectangle", "triangle", "ring", "cross")  # told apart by shape
+_SOLID = ("disc", "rectangle", "triangle", "ring")  # told apart by shape
 # Object class frequencies (class imbalance; background dominates by area anyway).
-_CLASS_PROBS = np.array([0.18, 0.16, 0.15, 0.13, 0.13, 0.13, 0.12])
+_CLASS_PROBS = np.array([0.17, 0.16, 0.15, 0.13, 0.14, 0.13, 0.12])
 _VERSION = 1  # bump when the generator's output changes
 _MARKER = ".complete.json"
 SPLITS = {"train": 300, "val": 60}
@@ -55,7 +55,7 @@ def _background(rng, h, w, yy, xx):
     base = rng.uniform(30, 225, 3).astype(np.float32)
     img = base + _smooth_field(rng, h, w, int(rng.integers(2, 6)), 3, rng.uniform(10, 45))
     # grain, same for all channels: the background's texture (objects are smooth)
-    img += rng.standard_normal((h, w, 1), dtype=np.float32) * rng.uniform(10, 20)
+    img += rng.standard_normal((h, w, 1), dtype=np.float32) * rng.uniform(12, 24)
     # a few thin scribbles that are background, so edges alone do not mean "object"
     for _ in range(int(rng.integers(0, 3))):
         a, b = rng.uniform(0, np.pi), rng.uniform(-1, 1) * max(h, w) / 2
@@ -91,9 +91,6 @@ def _shape_mask(kind, rng, yy, xx, cy, cx, r):
     if kind == "ring":
         d = np.sqrt(u ** 2 + v ** 2)
         return (d <= r) & (d >= r * rng.uniform(0.45, 0.7))
-    if kind == "cross":  # plus sign: two bars of half-width t
-        t = r * rng.uniform(0.2, 0.35)
-        return ((np.abs(u) <= r) & (np.abs(v) <= t)) | ((np.abs(v) <= r) & (np.abs(u) <= t))
     raise ValueError(kind)
 
 
@@ -119,31 +116,36 @@ def render_shapes_sample(rng: np.random.Generator):
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
     image = _background(rng, h, w, yy, xx)
     label = np.zeros((h, w), np.uint8)
-    for _ in range(int(rng.integers(5, 13))):
+    for _ in range(int(rng.integers(4, 11))):
         cls = 1 + int(rng.choice(len(_CLASS_PROBS), p=_CLASS_PROBS))
         name = SHAPES_CLASSES[cls]
-        r = float(np.exp(rng.uniform(np.log(8), np.log(0.22 * min(h, w) + 10))))
-        cy, cx = rng.uniform(0.1 * h, 0.9 * h), rng.uniform(0.1 * w, 0.9 * w)
+        r = float(np.exp(rng.uniform(np.log(9), np.log(0.2 * min(h, w) + 12))))
         outline = name if name in _SOLID else rng.choice(["disc", "rectangle", "triangle"])
-        # work in a window that holds the shape and its boundary band
-        R = 1.35 * r + 3
-        win = (slice(max(int(cy - R), 0), min(int(cy + R) + 1, h)),
-               slice(max(int(cx - R), 0), min(int(cx + R) + 1, w)))
-        y, x, img, lab = yy[win], xx[win], image[win], label[win]
-        mask = _shape_mask(outline, rng, y, x, cy, cx, r)
-        if mask.sum() < 12:
+        R = 1.35 * r + 3  # half-size of a window that holds the shape and its boundary band
+        for _ in range(4):  # limited occlusion: shapes stay recognisable
+            cy, cx = rng.uniform(0.1 * h, 0.9 * h), rng.uniform(0.1 * w, 0.9 * w)
+            win = (slice(max(int(cy - R), 0), min(int(cy + R) + 1, h)),
+                   slice(max(int(cx - R), 0), min(int(cx + R) + 1, w)))
+            y, x, img, lab = yy[win], xx[win], image[win], label[win]
+            mask = _shape_mask(outline, rng, y, x, cy, cx, r)
+            if mask.sum() >= 12 and (lab[mask] != 0).mean() <= 0.25:
+                break
+        else:
             continue
         under = img[mask].mean(0)
         y, x = y[mask], x[mask]
-        if name in ("striped", "checkered"):
+        if name not in _SOLID:  # texture on a random outline
             c1 = _distinct_color(rng, [under], 60)
             c2 = _distinct_color(rng, [c1], 110)
             u, v = _rotated(y, x, cy, cx, rng.uniform(0, np.pi))
             if name == "striped":
-                on = np.sin(2 * np.pi * u / rng.uniform(4, 10)) > 0
-            else:
-                cell = rng.uniform(3, 7)
+                on = np.sin(2 * np.pi * u / rng.uniform(6, 12)) > 0
+            elif name == "checkered":
+                cell = rng.uniform(4, 8)
                 on = (np.floor(u / cell) + np.floor(v / cell)) % 2 == 1
+            else:  # dots on a square grid
+                p = rng.uniform(6, 10)
+                on = (u % p - p / 2) ** 2 + (v % p - p / 2) ** 2 < (0.3 * p) ** 2
             img[mask] = np.where(on[:, None], c1, c2)
         else:
             # solid colour with a gentle shading gradient
@@ -153,7 +155,7 @@ def render_shapes_sample(rng: np.random.Generator):
         lab[mask] = cls
         if rng.random() < 0.35:
             lab[_boundary(mask)] = 255
-    image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(2, 6)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(1, 4)
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), label
 
 
