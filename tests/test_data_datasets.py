@@ -174,11 +174,20 @@ def test_shapes_incomplete_tree_is_never_used(tmp_path):
     half.mkdir(parents=True)  # a half-written tree without the marker
     with pytest.raises(RuntimeError, match="not a complete"):
         shapes.prepare_shapes_dataset(str(tmp_path / "half"), splits=SMALL)
-    # a different seed than the existing tree's is not silently reused
-    fresh = shapes.prepare_shapes_dataset(str(tmp_path / "fresh"), seed=0, splits=SMALL)
-    with pytest.raises(RuntimeError, match="not a complete"):
-        shapes.prepare_shapes_dataset(str(tmp_path / "fresh"), seed=1, splits=SMALL)
-    assert os.path.isdir(fresh)
+
+
+def test_shapes_outdated_tree_is_regenerated(tmp_path, monkeypatch):
+    # a tree d2seg generated for another seed / generator version is replaced, never reused
+    old = shapes.prepare_shapes_dataset(str(tmp_path), seed=0, splits=SMALL)
+    digest = tree_digest(old)
+    new = shapes.prepare_shapes_dataset(str(tmp_path), seed=1, splits=SMALL)
+    assert new == old and tree_digest(new) != digest
+    assert tree_digest(new) == tree_digest(
+        shapes.prepare_shapes_dataset(str(tmp_path / "ref"), seed=1, splits=SMALL))
+    monkeypatch.setattr(shapes, "_VERSION", shapes._VERSION + 1)
+    shapes.prepare_shapes_dataset(str(tmp_path), seed=1, splits=SMALL)
+    assert shapes._read_marker(new)["version"] == shapes._VERSION
+    assert sorted(os.listdir(tmp_path)) == ["d2seg_shapes", "ref"]  # nothing left aside
 
 
 def test_shapes_concurrent_generation(tmp_path):
