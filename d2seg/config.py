@@ -144,3 +144,17 @@ def add_d2seg_config(cfg: CN) -> None:
     # ---- solver ------------------------------------------------------------------------------
     _C.SOLVER.POLY_LR_POWER = 0.9  # WarmupPolyLR: lr = (base - min) * (1 - t)^power + min
     _C.SOLVER.POLY_LR_MIN_LR = 1e-4  # WarmupPolyLR: mmseg's min_lr (absolute)
+
+    # ---- speed (d2seg/modeling/speed.py, tools/benchmark.py, docs/benchmark.md) --------------
+    _C.SOLVER.AMP.DTYPE = "float16"  # SOLVER.AMP.ENABLED: autocast dtype, float16 or bfloat16
+    _C.MODEL.SPEED = CN()
+    # CPU fp32 3x3 stride-1 convs by Winograd: "" = direct, "F2" = F(2x2,3x3) (>= 256 channels,
+    # undilated; rounding as direct), "F4" = F(4x4,3x3) (>= 128 channels, dilation <= 4; faster,
+    # rounding ~1e-6 relative); larger dilations skip the rows of zero padding
+    _C.MODEL.SPEED.WINOGRAD = ""
+    _C.MODEL.SPEED.FUSE_BN = True  # optimize_for_inference folds BN into the convs
+    _C.MODEL.SPEED.CHANNELS_LAST = False  # NHWC weights and activations
+    # attention of NonLocal/ANN/DANet/OCR by scaled_dot_product_attention (same maths, rounding)
+    _C.MODEL.SPEED.FUSED_ATTENTION = False
+    _C.MODEL.SPEED.COMPILE = False  # torch.compile the backbone and heads (first call compiles)
+    _C.MODEL.SPEED.AMP_DTYPE = ""  # inference under autocast: "" (fp32), bfloat16 or float16

@@ -179,9 +179,9 @@ def v1c_to_d2seg(k):
 def test_openmmlab_resnet_v1c_lands_in_the_backbone(tmp_path, depth):
     sd = v1c_state_dict(depth)
     try:  # the documented layout is mmseg's ResNetV1c + fc
-        from mmseg_reference import _stub_mmcv_ext
+        from mmseg_peer import stub_mmcv_ext
 
-        _stub_mmcv_ext()
+        stub_mmcv_ext()
         from mmseg.models.backbones import ResNetV1c
 
         assert set(ResNetV1c(depth=depth).state_dict()) | {"fc.weight", "fc.bias"} == set(sd)
@@ -317,17 +317,17 @@ HRNET_CLS = {"incre_modules.0.0.conv1.weight": (32, 18, 1, 1), "downsamp_modules
 
 @pytest.mark.parametrize("variant", list(HRNET))
 def test_hrnetv2_imagenet_lands_in_the_backbone(tmp_path, variant):
-    mmseg_reference = pytest.importorskip("mmseg_reference")
+    mmseg_peer = pytest.importorskip("mmseg_peer")
     pytest.importorskip("mmseg")
-    mmseg_reference._stub_mmcv_ext()
+    mmseg_peer.stub_mmcv_ext()
     from mmseg.models import build_backbone
 
     yaml, mm_name = HRNET[variant]
-    bb_cfg = mmseg_reference.mmseg_config(mm_name).model.backbone
+    bb_cfg = mmseg_peer.mmseg_config(mm_name).model.backbone
     bb_cfg.norm_cfg = dict(type="BN", requires_grad=True)
     ref = build_backbone(bb_cfg)
     ref.eval()  # mmseg's HRNet.train() returns None
-    mmseg_reference.randomize_(ref)
+    mmseg_peer.randomize_(ref)
     sd = {k: v.clone() for k, v in ref.state_dict().items()}
     # names of the official layout (HRNet-Image-Classification's HighResolutionNet)
     for k in ("conv1.weight", "bn2.running_var", "layer1.0.downsample.1.weight",

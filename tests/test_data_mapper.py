@@ -157,9 +157,9 @@ def test_reduce_zero_label(tmp_path):
     out = read_label(d["sem_seg_file_name"], reduce_zero_label=True)
     np.testing.assert_array_equal(out, [[255, 0, 1, 255], [4, 253, 0, 255]])
     mmseg = pytest.importorskip("mmseg")  # noqa: F841
-    from mmseg_reference import _stub_mmcv_ext
+    from mmseg_peer import stub_mmcv_ext
 
-    _stub_mmcv_ext()
+    stub_mmcv_ext()
     from mmseg.datasets.pipelines import LoadAnnotations
 
     ref = LoadAnnotations(reduce_zero_label=True)(

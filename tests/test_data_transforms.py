@@ -22,9 +22,9 @@ def get_d2seg_cfg(opts=()):
 
 def _mmseg_pipeline_classes():
     pytest.importorskip("mmseg")
-    from mmseg_reference import _stub_mmcv_ext
+    from mmseg_peer import stub_mmcv_ext
 
-    _stub_mmcv_ext()
+    stub_mmcv_ext()
     from mmseg.datasets.pipelines import transforms as mt
 
     return mt

@@ -131,7 +131,7 @@ def test_bad_settings_are_rejected():
 
 # ---- the bricks against mmcv / mmseg, in the variants the model parity tests do not cover ----
 def _load_from(ours, theirs):
-    from mmseg_reference import randomize_
+    from mmseg_peer import randomize_
 
     randomize_(theirs)
     sd = {convert_mmseg_key("h." + k)[2:]: v for k, v in theirs.state_dict().items()}
@@ -142,8 +142,8 @@ def _load_from(ours, theirs):
 @pytest.mark.parametrize("pooling,fusion", [("avg", ("channel_mul",)),
                                             ("att", ("channel_add", "channel_mul"))])
 def test_context_block_matches_mmcv(pooling, fusion):
-    mmseg_reference = pytest.importorskip("mmseg_reference")
-    mmseg_reference._stub_mmcv_ext()
+    mmseg_peer = pytest.importorskip("mmseg_peer")
+    mmseg_peer.stub_mmcv_ext()
     from mmcv.cnn import ContextBlock as MMCVContextBlock
 
     ours, theirs = _load_from(ContextBlock(16, 0.5, pooling, fusion),
@@ -154,8 +154,8 @@ def test_context_block_matches_mmcv(pooling, fusion):
 
 @pytest.mark.parametrize("mode,use_scale", [("embedded_gaussian", False), ("dot_product", True)])
 def test_non_local_matches_mmcv(mode, use_scale):
-    mmseg_reference = pytest.importorskip("mmseg_reference")
-    mmseg_reference._stub_mmcv_ext()
+    mmseg_peer = pytest.importorskip("mmseg_peer")
+    mmseg_peer.stub_mmcv_ext()
     from mmcv.cnn import NonLocal2d as MMCVNonLocal2d
 
     ours, theirs = _load_from(NonLocal2d(16, 4, use_scale, norm="BN", mode=mode),
@@ -167,8 +167,8 @@ def test_non_local_matches_mmcv(mode, use_scale):
 
 def test_self_attention_block_matches_mmseg_stacked_projections():
     # OCRNet's flavour: 2-conv key/query stacks, conv-norm-ReLU value/out projections
-    mmseg_reference = pytest.importorskip("mmseg_reference")
-    mmseg_reference._stub_mmcv_ext()
+    mmseg_peer = pytest.importorskip("mmseg_peer")
+    mmseg_peer.stub_mmcv_ext()
     from mmseg.models.utils import SelfAttentionBlock as MMSegSelfAttentionBlock
 
     args = dict(key_in_channels=12, query_in_channels=16, channels=8, out_channels=16,

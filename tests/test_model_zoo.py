@@ -113,14 +113,14 @@ def test_param_count_matches_mmseg(stem):
     """The same number of parameters and buffers (BN statistics) as mmseg's own model built from
     the mmseg config of the same name."""
     pytest.importorskip("mmseg")
-    from mmseg_reference import _stub_mmcv_ext, _syncbn_to_bn, mmseg_config
+    from mmseg_peer import stub_mmcv_ext, syncbn_to_bn, mmseg_config
 
-    _stub_mmcv_ext()
+    stub_mmcv_ext()
     from mmseg.models import build_segmentor
 
     mcfg = mmseg_config(stem)
     mcfg.model.pretrained = None
-    _syncbn_to_bn(mcfg.model)
+    syncbn_to_bn(mcfg.model)
     with torch.device("meta"):
         ref = build_segmentor(mcfg.model)
     rel = stem + ".yaml"

@@ -11,7 +11,7 @@ from d2seg.data.mappers import SemSegDatasetMapper, SemSegTTAMapper
 from d2seg.modeling import SemanticSegmentorWithTTA
 
 import common
-from mmseg_reference import randomize_
+from mmseg_peer import randomize_
 
 
 def tiny_model(*opts):

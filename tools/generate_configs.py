@@ -28,11 +28,12 @@ import json
 import os
 import re
 import sys
-import types
 from collections import OrderedDict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tools"))
+from mmseg_peer import mmseg_config_root, stub_mmcv_ext  # noqa: E402
 
 # mmseg config folder -> method title
 METHODS = OrderedDict([
@@ -272,33 +273,9 @@ def flatten_cfg(cfg, prefix=""):
 
 
 # ---- mmseg access ------------------------------------------------------------------------------
-def mmseg_config_root():
-    import importlib.util
-
-    spec = importlib.util.find_spec("mmseg")
-    if spec is None:
-        raise SystemExit("generate_configs.py needs MMSegmentation 0.30 installed (pip install "
-                         "mmsegmentation==0.30.0 mmcv==1.7.2)")
-    return os.path.join(os.path.dirname(spec.origin), ".mim", "configs")
-
-
-def _stub_mmcv_ext():
-    # mmseg's heads import mmcv.ops, whose compiled extension a pure-Python mmcv lacks; only the
-    # heads' signatures are read here, so a stub module is enough.
-    if "mmcv._ext" not in sys.modules:
-        mod = types.ModuleType("mmcv._ext")
-
-        def __getattr__(name):
-            if name.startswith("__"):
-                raise AttributeError(name)
-            return lambda *a, **k: None
-        mod.__getattr__ = __getattr__
-        sys.modules["mmcv._ext"] = mod
-
-
 def head_defaults(head_type):
     """Every keyword default of an mmseg head class, walking its MRO (subclass wins)."""
-    _stub_mmcv_ext()
+    stub_mmcv_ext()
     from mmseg.models.builder import HEADS
 
     cls = HEADS.get(head_type)

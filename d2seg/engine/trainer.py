@@ -9,9 +9,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import (
-    AMPTrainer,
     DefaultTrainer,
-    SimpleTrainer,
     TrainerBase,
     create_ddp_model,
     default_setup,
@@ -28,6 +26,7 @@ from ..data.resumable import build_resumable_train_loader, data_seed, set_start_
 from ..evaluation import build_evaluator
 from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
 from ..solver import build_lr_scheduler
+from .amp import build_step_trainer
 from .reliability import IterationSeed, RecordingLoader, explain_step_error
 
 __all__ = ["Trainer", "setup_cfg", "check_config"]
@@ -114,9 +113,8 @@ class Trainer(DefaultTrainer):
         data_loader = RecordingLoader(self.build_train_loader(cfg))
         ddp_kwargs = {"device_ids": None} if cfg.MODEL.DEVICE == "cpu" else {}
         model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        # SOLVER.AMP: autocast in SOLVER.AMP.DTYPE on CPU or GPU (Detectron2's AMPTrainer is CUDA-only)
+        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SegCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0

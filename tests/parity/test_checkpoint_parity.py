@@ -32,7 +32,7 @@ from d2seg.checkpoint.backbones import detect_backbone_format
 from d2seg.checkpoint.convert import looks_like_mmseg
 from psamask_reference import NaivePSAMask
 
-mmseg_reference = pytest.importorskip("mmseg_reference")
+mmseg_peer = pytest.importorskip("mmseg_peer")
 pytest.importorskip("mmseg")
 
 # method -> (mmseg config stem = d2seg configs/<stem>.yaml, d2seg model yaml under _base_/models)
@@ -87,18 +87,18 @@ def one_thread():
 def case(request, tmp_path_factory):
     name = request.param
     mmseg_name, yaml = METHODS[name]
-    mm_cfg = mmseg_reference.mmseg_config(mmseg_name)
+    mm_cfg = mmseg_peer.mmseg_config(mmseg_name)
     with pytest.MonkeyPatch.context() as mp:
         if name == "PSANet":  # mmcv's PSAMask is a compiled op: its naive loop stands in
             from mmseg.models.decode_heads import psa_head
 
             mp.setattr(psa_head, "PSAMask", NaivePSAMask)
-        ref = mmseg_reference.build_mmseg_model(mm_cfg)
-    mmseg_reference.calibrate_bn_(ref, mmseg_reference.calibration_images(4, IMG))
+        ref = mmseg_peer.build_mmseg_model(mm_cfg)
+    mmseg_peer.calibrate_bn_(ref, mmseg_peer.calibration_images(4, IMG))
     tmp = tmp_path_factory.mktemp(re.sub(r"\W", "_", name))
     src, dst = tmp / "mmseg.pth", tmp / "d2seg.pth"
     version = "0.x" if list(METHODS).index(name) % 2 == 0 else "1.x"
-    mmseg_reference.save_mmseg_checkpoint(ref, src, version)
+    mmseg_peer.save_mmseg_checkpoint(ref, src, version)
     convert_mmseg_checkpoint(str(src), str(dst))
 
     cfg = d2seg_cfg(yaml, str(dst), stem=mmseg_name)

@@ -8,13 +8,13 @@ from detectron2.modeling import build_model
 from common import REPO_CONFIGS, get_d2seg_cfg
 from d2seg.checkpoint import convert_mmseg_state_dict
 
-mmseg_reference = pytest.importorskip("mmseg_reference")
+mmseg_peer = pytest.importorskip("mmseg_peer")
 pytest.importorskip("mmseg")
 
 
 def test_danet_r50_d8_matches_mmseg():
-    ref = mmseg_reference.build_mmseg_model(
-        mmseg_reference.mmseg_config("danet/danet_r50-d8_512x1024_40k_cityscapes"))
+    ref = mmseg_peer.build_mmseg_model(
+        mmseg_peer.mmseg_config("danet/danet_r50-d8_512x1024_40k_cityscapes"))
     with torch.no_grad():  # gammas of order 1, so that both attentions weigh in the output
         ref.decode_head.pam.gamma.scale.fill_(0.8)
         ref.decode_head.cam.gamma.scale.fill_(1.2)

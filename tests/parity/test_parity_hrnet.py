@@ -8,7 +8,7 @@ from detectron2.modeling import build_model
 from common import REPO_CONFIGS, get_d2seg_cfg
 from d2seg.checkpoint import convert_mmseg_state_dict
 
-mmseg_reference = pytest.importorskip("mmseg_reference")
+mmseg_peer = pytest.importorskip("mmseg_peer")
 pytest.importorskip("mmseg")
 
 BN = ["MODEL.HRNET.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN"]
@@ -32,7 +32,7 @@ def calibrate_bn_(model, *imgs):
 
 
 def _pair(mmseg_name, yaml_name, *calib_imgs):
-    ref = mmseg_reference.build_mmseg_model(mmseg_reference.mmseg_config(mmseg_name))
+    ref = mmseg_peer.build_mmseg_model(mmseg_peer.mmseg_config(mmseg_name))
     calibrate_bn_(ref, *calib_imgs)
     model = build_model(get_d2seg_cfg(REPO_CONFIGS / f"_base_/models/{yaml_name}.yaml", BN)).eval()
     sd = convert_mmseg_state_dict(ref.state_dict(), is_resnet=False)

@@ -9,7 +9,7 @@ from common import REPO_CONFIGS, get_d2seg_cfg
 from d2seg.checkpoint import convert_mmseg_state_dict
 from test_parity_hrnet import calibrate_bn_
 
-mmseg_reference = pytest.importorskip("mmseg_reference")
+mmseg_peer = pytest.importorskip("mmseg_peer")
 pytest.importorskip("mmseg")
 
 BN = ["MODEL.HRNET.NORM", "BN", "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
@@ -17,7 +17,7 @@ BN = ["MODEL.HRNET.NORM", "BN", "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.
 
 
 def _pair(mmseg_cfg, yaml_name, is_resnet, img):
-    ref = mmseg_reference.build_mmseg_model(mmseg_cfg)
+    ref = mmseg_peer.build_mmseg_model(mmseg_cfg)
     calibrate_bn_(ref, img)
     model = build_model(get_d2seg_cfg(REPO_CONFIGS / f"_base_/models/{yaml_name}.yaml", BN)).eval()
     sd = convert_mmseg_state_dict(ref.state_dict(), is_cascade=True, is_resnet=is_resnet)
@@ -34,7 +34,7 @@ def _pair(mmseg_cfg, yaml_name, is_resnet, img):
 
 
 def test_ocrnet_hr18_matches_mmseg():
-    cfg = mmseg_reference.mmseg_config("ocrnet/ocrnet_hr18_512x1024_40k_cityscapes")
+    cfg = mmseg_peer.mmseg_config("ocrnet/ocrnet_hr18_512x1024_40k_cityscapes")
     ref, model = _pair(cfg, "ocrnet_hr18", False, torch.randn(1, 3, 64, 96))
 
     # Training (the HRNet version has no dropout, so it is deterministic): same losses, and the
@@ -59,6 +59,6 @@ def test_ocrnet_hr18_matches_mmseg():
 
 
 def test_ocrnet_r50_d8_matches_mmseg():
-    cfg = mmseg_reference.mmseg_config("ocrnet/ocrnet_r101-d8_512x1024_40k_b8_cityscapes")
+    cfg = mmseg_peer.mmseg_config("ocrnet/ocrnet_r101-d8_512x1024_40k_b8_cityscapes")
     cfg.model.backbone.depth = 50  # runtime; the d2seg side is ocrnet_r50-d8.yaml
     _pair(cfg, "ocrnet_r50-d8", True, torch.randn(1, 3, 64, 96))

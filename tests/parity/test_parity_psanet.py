@@ -11,16 +11,16 @@ from common import REPO_CONFIGS, get_d2seg_cfg
 from d2seg.checkpoint import convert_mmseg_state_dict
 from psamask_reference import NaivePSAMask
 
-mmseg_reference = pytest.importorskip("mmseg_reference")
+mmseg_peer = pytest.importorskip("mmseg_peer")
 pytest.importorskip("mmseg")
 
 
 def test_psanet_r50_d8_matches_mmseg(monkeypatch):
-    cfg_ref = mmseg_reference.mmseg_config("psanet/psanet_r50-d8_512x1024_40k_cityscapes")
+    cfg_ref = mmseg_peer.mmseg_config("psanet/psanet_r50-d8_512x1024_40k_cityscapes")
     from mmseg.models.decode_heads import psa_head
 
     monkeypatch.setattr(psa_head, "PSAMask", NaivePSAMask)
-    ref = mmseg_reference.build_mmseg_model(cfg_ref)
+    ref = mmseg_peer.build_mmseg_model(cfg_ref)
     cfg = get_d2seg_cfg(REPO_CONFIGS / "_base_/models/psanet_r50-d8.yaml",
                         ["MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
                          "MODEL.AUX_HEAD.NORM", "BN"])

@@ -12,7 +12,7 @@ from d2seg.checkpoint import convert_mmseg_state_dict
 from d2seg.data.mappers import SemSegDatasetMapper
 from d2seg.modeling import SemanticSegmentorWithTTA
 
-mmseg_reference = pytest.importorskip("mmseg_reference")
+mmseg_peer = pytest.importorskip("mmseg_peer")
 pytest.importorskip("mmseg")
 
 SCALE = (64, 48)  # mmseg img_scale (w, h) = d2seg INPUT.TEST_IMG_SCALE (long, short)
@@ -23,9 +23,9 @@ CROP, STRIDE = (48, 48), (40, 40)  # slide windows
 # check and whose TTA is checked against plain inference in tests/test_tta.py; too slow here)
 @pytest.mark.parametrize("mode,ratios", [("whole", [0.5, 1.0, 1.5])])
 def test_aug_test_matches_mmseg(tmp_path, mode, ratios):
-    mm_cfg = mmseg_reference.mmseg_config("fcn/fcn_r50-d8_512x1024_40k_cityscapes")
+    mm_cfg = mmseg_peer.mmseg_config("fcn/fcn_r50-d8_512x1024_40k_cityscapes")
     mm_cfg.model.test_cfg.update(mode=mode, crop_size=CROP, stride=STRIDE)
-    ref = mmseg_reference.build_mmseg_model(mm_cfg)
+    ref = mmseg_peer.build_mmseg_model(mm_cfg)
     path = str(tmp_path / "img.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 61, 3), dtype=np.uint8)).save(path)
 

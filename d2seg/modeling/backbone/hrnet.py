@@ -24,7 +24,7 @@ def _conv(cin, cout, k, stride=1):
 def _conv_norm(cin, cout, k, norm, stride=1, relu=False):
     layers = [_conv(cin, cout, k, stride), get_norm(norm, cout)]
     if relu:
-        layers.append(nn.ReLU(inplace=False))
+        layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
@@ -43,9 +43,10 @@ class BasicBlock(nn.Module):
         self.downsample = _conv_norm(in_channels, out, 1, norm) if in_channels != out else None
 
     def forward(self, x):
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
+        # in-place ReLU/add on fresh tensors, as mmseg (inplace=True, out += identity)
+        out = self.bn2(self.conv2(F.relu_(self.bn1(self.conv1(x)))))
+        out += x if self.downsample is None else self.downsample(x)
+        return F.relu_(out)
 
 
 class Bottleneck(nn.Module):
@@ -65,11 +66,11 @@ class Bottleneck(nn.Module):
         self.downsample = _conv_norm(in_channels, out, 1, norm) if in_channels != out else None
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.relu_(self.bn1(self.conv1(x)))
+        out = F.relu_(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
+        out += x if self.downsample is None else self.downsample(x)
+        return F.relu_(out)
 
 
 def _make_layer(block, in_channels: int, planes: int, num_blocks: int, norm: str) -> nn.Sequential:
@@ -116,23 +117,32 @@ class HRModule(nn.Module):
             return xs
         outs = []
         for i, row in enumerate(self.fuse_layers):
-            y = 0
+            # sum in mmseg's order (j ascending), in place once y is a fresh tensor
+            y, owned = None, False
             for j, x in enumerate(xs):
                 if j == i:
-                    y = y + x
+                    z = x
                 elif j > i:
                     # mmseg upsamples by the integer factor 2**(j-i) (its Upsample module),
-                    # then resizes to the target size: two steps when sizes are odd.
+                    # then resizes to the target size: two steps when sizes are odd (the
+                    # second is skipped when the size already matches: it would be a copy).
                     z = row[j](x)
                     z = F.interpolate(
                         z, size=[int(t * 2 ** (j - i)) for t in z.shape[-2:]],
                         mode="bilinear", align_corners=False,
                     )
-                    y = y + F.interpolate(z, size=xs[i].shape[2:], mode="bilinear",
+                    if z.shape[2:] != xs[i].shape[2:]:
+                        z = F.interpolate(z, size=xs[i].shape[2:], mode="bilinear",
                                           align_corners=False)
                 else:
-                    y = y + row[j](x)
-            outs.append(F.relu(y))
+                    z = row[j](x)
+                if y is None:
+                    y, owned = z, j != i
+                elif owned:
+                    y += z
+                else:
+                    y, owned = y + z, True
+            outs.append(F.relu_(y) if owned else F.relu(y))
         return outs
 
 
@@ -211,8 +221,8 @@ class HRNet(Backbone):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu_(self.bn1(self.conv1(x)))
+        x = F.relu_(self.bn2(self.conv2(x)))
         ys = [self.layer1(x)]
         for s in range(2, 5):
             transition = getattr(self, f"transition{s - 1}")

@@ -1,5 +1,6 @@
 """Non-local block (embedded Gaussian / dot product), as mmcv 1.7's ``NonLocal2d``."""
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .conv import conv_norm_act
@@ -15,6 +16,10 @@ class NonLocal2d(nn.Module):
     without a norm, the conv) is zero-initialised, so the block starts as the identity.
     ``mode``: "embedded_gaussian" (softmax, divided by sqrt(inter channels) if ``use_scale``)
     or "dot_product" (divided by the number of positions)."""
+
+    # MODEL.SPEED.FUSED_ATTENTION: embedded Gaussian by scaled_dot_product_attention (same
+    # maths, no HW x HW matrix in memory); off by default so outputs stay bit-equal to mmseg's
+    fused_attention = False
 
     def __init__(self, in_channels: int, reduction: int = 2, use_scale: bool = True, *,
                  norm: str = "", mode: str = "embedded_gaussian"):
@@ -46,6 +51,13 @@ class NonLocal2d(nn.Module):
         g_x = self.g(x).view(n, self.inter_channels, -1).transpose(1, 2)  # N x HW x C'
         theta_x = self.theta(x).view(n, self.inter_channels, -1).transpose(1, 2)
         phi_x = self.phi(x).view(n, self.inter_channels, -1)  # N x C' x HW
+        if self.fused_attention and self.mode == "embedded_gaussian":
+            scale = self.inter_channels ** -0.5 if self.use_scale else 1.0
+            # contiguous rows: the CPU's fused kernel needs unit stride on the channel dim
+            y = F.scaled_dot_product_attention(
+                theta_x.contiguous(), phi_x.transpose(1, 2).contiguous(), g_x.contiguous(),
+                scale=scale)
+            return x + self.conv_out(y.transpose(1, 2).reshape(n, self.inter_channels, h, w))
         pairwise = torch.matmul(theta_x, phi_x)  # N x HW x HW
         if self.mode == "embedded_gaussian":
             if self.use_scale:

@@ -3,6 +3,7 @@ attention of ANN, DANet's PAM and OCRNet."""
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .conv import conv_norm_act
@@ -11,6 +12,10 @@ __all__ = ["SelfAttentionBlock"]
 
 
 class SelfAttentionBlock(nn.Module):
+    # MODEL.SPEED.FUSED_ATTENTION: softmax(q k^T) v by scaled_dot_product_attention (same maths,
+    # one kernel, no Q x K matrix in memory); off by default so outputs stay bit-equal to mmseg's
+    fused_attention = False
+
     """Attention of queries (from ``query_feats``) over keys/values (from ``key_feats``); the
     output has the spatial size of ``query_feats``.
 
@@ -90,11 +95,17 @@ class SelfAttentionBlock(nn.Module):
             value = self.key_downsample(value)
         key = key.reshape(*key.shape[:2], -1)  # N x C x K
         value = value.reshape(*value.shape[:2], -1).transpose(1, 2)  # N x K x C
-        sim_map = torch.matmul(query, key)
-        if self.matmul_norm:
-            sim_map = (self.channels ** -0.5) * sim_map
-        sim_map = sim_map.softmax(dim=-1)
-        context = torch.matmul(sim_map, value).transpose(1, 2)
+        if self.fused_attention:
+            # contiguous rows: the CPU's fused kernel needs unit stride on the channel dim
+            context = F.scaled_dot_product_attention(
+                query.contiguous(), key.transpose(1, 2).contiguous(), value.contiguous(),
+                scale=self.channels ** -0.5 if self.matmul_norm else 1.0).transpose(1, 2)
+        else:
+            sim_map = torch.matmul(query, key)
+            if self.matmul_norm:
+                sim_map = (self.channels ** -0.5) * sim_map
+            sim_map = sim_map.softmax(dim=-1)
+            context = torch.matmul(sim_map, value).transpose(1, 2)
         context = context.reshape(n, -1, *query_feats.shape[2:])
         if self.out_project is not None:
             context = self.out_project(context)

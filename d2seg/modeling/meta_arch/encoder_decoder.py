@@ -9,6 +9,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, build_backbone
 
 from ..heads.base import resize
+from ..speed import SpeedOptions, autocast_context
 
 __all__ = ["EncoderDecoder", "build_head", "pad_batch", "slide_windows"]
 
@@ -74,6 +75,7 @@ class EncoderDecoder(nn.Module):
         test_mode: str = "whole",
         test_crop_size=(769, 769),
         test_stride=(513, 513),
+        speed: Optional[SpeedOptions] = None,
     ):
         super().__init__()
         if test_mode not in ("whole", "slide"):
@@ -94,6 +96,8 @@ class EncoderDecoder(nn.Module):
         self.test_mode = test_mode
         self.test_crop_size = tuple(test_crop_size)
         self.test_stride = tuple(test_stride)
+        # MODEL.SPEED: applied on the first forward, once every head exists (d2seg.modeling.speed)
+        self.speed = speed or SpeedOptions()
         # mmseg copies align_corners from the decode head for the final resize.
         self.align_corners = decode_head.align_corners
         self.num_classes = decode_head.num_classes
@@ -120,6 +124,7 @@ class EncoderDecoder(nn.Module):
             "test_mode": cfg.TEST.MODE,
             "test_crop_size": cfg.TEST.CROP_SIZE,
             "test_stride": cfg.TEST.STRIDE,
+            "speed": SpeedOptions.from_config(cfg),
         }
 
     @property
@@ -131,6 +136,8 @@ class EncoderDecoder(nn.Module):
 
     # ---- training ------------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):
+        if not self.speed.is_default:
+            self.speed.apply(self)
         if not self.training:
             return self.inference(batched_inputs)
         if "sem_seg" not in batched_inputs[0]:
@@ -182,7 +189,8 @@ class EncoderDecoder(nn.Module):
         results = []
         for x in batched_inputs:
             image = self.normalize(x["image"])[None]
-            logits = self.predict_logits(image)
+            with autocast_context(self.speed.amp_dtype, self.device):
+                logits = self.predict_logits(image).float()
             out_size = (x.get("height", image.shape[-2]), x.get("width", image.shape[-1]))
             results.append({"sem_seg": resize(logits, out_size, self.align_corners)[0]})
         return results

@@ -1,14 +1,20 @@
-"""Builds MMSegmentation 0.30 reference models for parity tests (test-only; d2seg never imports
-mmseg). Tests using it call ``pytest.importorskip("mmseg")`` first."""
+"""MMSegmentation 0.30 as a peer, for the parity tests, tools/benchmark_vs_mmseg.py and
+tools/generate_configs.py (test- and benchmark-only: d2seg itself never imports mmseg).
+
+Builds mmseg's reference models from its own configs with random weights and BN statistics, and
+writes checkpoints in mmseg's 0.x/1.x formats. Callers check that mmseg is installed first.
+"""
+import os
 import sys
 import types
 
 import torch
 
 
-def _stub_mmcv_ext():
-    # mmcv.ops loads a compiled extension the pure-Python mmcv lacks; none of the models we
-    # compare calls into it (PSAMask aside), so a stub module lets `import mmseg.models` work.
+def stub_mmcv_ext():
+    """The pure-Python mmcv 1.7.2 has no compiled ``mmcv._ext``, which ``mmcv.ops`` (and so
+    ``import mmseg.models``) loads; none of the compared models calls into it (PSAMask aside, see
+    :func:`build_mmcv_psamask`), so a stub module whose ops raise when called is enough."""
     if "mmcv._ext" not in sys.modules:
         mod = types.ModuleType("mmcv._ext")
 
@@ -22,40 +28,93 @@ def _stub_mmcv_ext():
 
         mod.__getattr__ = __getattr__
         sys.modules["mmcv._ext"] = mod
+    return sys.modules["mmcv._ext"]
+
+
+def mmseg_config_root() -> str:
+    """The folder of the configs MMSegmentation ships (``mmseg/.mim/configs``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mmseg")
+    if spec is None:
+        raise ImportError("MMSegmentation 0.30 is not installed (pip install "
+                          "mmsegmentation==0.30.0 mmcv==1.7.2, or tools/install_test_deps.sh)")
+    return os.path.join(os.path.dirname(spec.origin), ".mim", "configs")
+
+
+def build_mmcv_psamask(ext_mod) -> bool:
+    """Compiles mmcv's own CPU PSAMask kernel (mmcv/ops/csrc, shipped as source by the pure-Python
+    mmcv) into the ``mmcv._ext`` stub, so mmseg's PSANet runs; False without a compiler."""
+    try:
+        import mmcv
+        from torch.utils.cpp_extension import load
+    except ImportError:
+        return False
+    csrc = os.path.join(os.path.dirname(mmcv.__file__), "ops", "csrc")
+    build = os.path.join(os.path.expanduser("~"), ".cache", "d2seg", "mmcv_psamask")
+    os.makedirs(build, exist_ok=True)
+    bind = os.path.join(build, "bind.cpp")
+    cpu_src = os.path.join(build, "psamask_cpu.cpp")  # distinct name: ninja needs unique objects
+    sig = ("(Tensor{o} a, Tensor b, const int t, const int n, const int hf, const int wf, "
+           "const int hm, const int wm, const int hh, const int hw)")
+    # mmcv calls them with keyword arguments
+    args = ", ".join(f'py::arg("{a}")' for a in (
+        "psa_type", "num_", "h_feature", "w_feature", "h_mask", "w_mask", "half_h_mask",
+        "half_w_mask"))
+    with open(bind, "w") as f:
+        f.write("#include <torch/extension.h>\nusing at::Tensor;\n"
+                f"void psamask_forward{sig.format(o=' const')};\n"
+                f"void psamask_backward{sig.format(o='')};\n"
+                "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {\n"
+                '  m.def("psamask_forward", &psamask_forward, "", py::arg("input"), '
+                f'py::arg("output"), {args});\n'
+                '  m.def("psamask_backward", &psamask_backward, "", py::arg("grad_output"), '
+                f'py::arg("grad_input"), {args});\n}}\n')
+    with open(os.path.join(csrc, "pytorch", "cpu", "psamask.cpp")) as f_in, \
+            open(cpu_src, "w") as f_out:
+        f_out.write(f_in.read())
+    try:
+        ext = load("mmcv_psamask_cpu", [bind, os.path.join(csrc, "pytorch", "psamask.cpp"),
+                                        cpu_src],
+                   extra_include_paths=[os.path.join(csrc, "common")],
+                   extra_cflags=["-O3", "-DMMCV_WITH_CPU"], build_directory=build,
+                   verbose=False)
+    except Exception as e:  # no compiler, ...
+        print(f"could not build mmcv's PSAMask kernel: {e}", file=sys.stderr)
+        return False
+    ext_mod.psamask_forward = ext.psamask_forward
+    ext_mod.psamask_backward = ext.psamask_backward
+    return True
 
 
 def mmseg_config(name: str):
     """mmseg's Config for a config stem such as 'pspnet/pspnet_r50-d8_512x1024_80k_cityscapes'."""
-    import os
-
-    _stub_mmcv_ext()
-    import mmseg
+    stub_mmcv_ext()
     from mmcv import Config
 
-    root = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs")
-    return Config.fromfile(os.path.join(root, name + ".py"))
+    return Config.fromfile(os.path.join(mmseg_config_root(), name + ".py"))
 
 
-def _syncbn_to_bn(obj):
+def syncbn_to_bn(obj):
     if isinstance(obj, dict):
         if obj.get("type") == "SyncBN":
             obj["type"] = "BN"
         for v in obj.values():
-            _syncbn_to_bn(v)
+            syncbn_to_bn(v)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            _syncbn_to_bn(v)
+            syncbn_to_bn(v)
 
 
 def build_mmseg_model(cfg):
     """An mmseg segmentor in eval mode with every parameter and BN statistic randomised, so that
     no branch is hidden behind a constant (zero-init convs, Scale(0), BN 1/0)."""
-    _stub_mmcv_ext()
+    stub_mmcv_ext()
     from mmseg.models import build_segmentor
 
     cfg.model.pretrained = None
     cfg.model.backbone.pop("init_cfg", None)
-    _syncbn_to_bn(cfg.model)
+    syncbn_to_bn(cfg.model)
     model = build_segmentor(cfg.model, test_cfg=cfg.get("test_cfg"))
     randomize_(model)
     return model.eval()

@@ -1,0 +1,74 @@
+"""Smoke test of tools/benchmark.py (CI): every task on a tiny model, a few iterations; checks
+the reported fields, not speed."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "quickstart.yaml")
+
+
+@pytest.fixture(scope="module")
+def bench_tool():
+    spec = importlib.util.spec_from_file_location(
+        "d2seg_benchmark_tool", os.path.join(REPO, "tools", "benchmark.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _check_common(r, task):
+    assert r["task"] == task
+    assert r["machine"]["threads"] >= 1 and r["machine"]["torch"]
+    assert r["machine"]["cpu"] and r["machine"]["device"] == "cpu"
+    assert r["img_per_s"] > 0 and r["max_memory_mb"] > 0
+    assert r["memory_kind"] == "peak RSS (process)"
+
+
+def test_inference_task(bench_tool, capsys):
+    r = bench_tool.main(["--config-file", CONFIG, "--num-iter", "2", "--warmup", "1",
+                        "--input-size", "48", "64", "--winograd", "F4", "--json",
+                        "--no-progress", "MODEL.DEVICE", "cpu"])
+    _check_common(r, "inference")
+    assert r["ms_per_img"] > 0 and r["input_size"] == [48, 64]
+    assert r["output_shape"] == [48, 64]
+    assert r["options"]["fuse_bn"] and r["options"]["winograd"] == "F4"
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["task"] == "inference"
+
+
+def test_train_task(bench_tool):
+    r = bench_tool.main(["--config-file", CONFIG, "--task", "train", "--num-iter", "1",
+                        "--warmup", "1", "--batch-size", "2", "--json", "--no-progress",
+                        "MODEL.DEVICE", "cpu", "INPUT.CROP.SIZE", "[64, 64]"])
+    _check_common(r, "train")
+    assert r["batch_size"] == 2 and r["crop_size"] == [64, 64] and r["s_per_iter"] > 0
+
+
+def test_train_task_amp_bf16(bench_tool):
+    r = bench_tool.main(["--config-file", CONFIG, "--task", "train", "--num-iter", "1",
+                        "--warmup", "0", "--amp", "--json", "--no-progress",
+                        "MODEL.DEVICE", "cpu", "INPUT.CROP.SIZE", "[64, 64]"])
+    assert r["options"]["amp"] == "bfloat16" and r["img_per_s"] > 0
+
+
+def test_data_task(bench_tool):
+    r = bench_tool.main(["--config-file", CONFIG, "--task", "data", "--num-iter", "2",
+                        "--warmup", "1", "--json", "--no-progress", "MODEL.DEVICE", "cpu",
+                        "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2"])
+    _check_common(r, "data")
+    assert r["dataset"] == ["d2seg_shapes_train"] and r["batch_size"] == 2
+
+
+def test_all_writes_a_markdown_table(bench_tool, tmp_path, capsys):
+    (tmp_path / "tiny.yaml").write_text(f'_BASE_: "{CONFIG}"\n')
+    (tmp_path / "_base_").mkdir()
+    (tmp_path / "_base_" / "skipped.yaml").write_text(f'_BASE_: "{CONFIG}"\n')
+    results = bench_tool.main(["--all", str(tmp_path), "--num-iter", "1", "--warmup", "0",
+                              "--input-size", "32", "32", "--no-progress",
+                              "MODEL.DEVICE", "cpu"])
+    assert len(results) == 1 and "error" not in results[0], results
+    out = capsys.readouterr().out
+    assert "| config | task | ms/img | img/s | memory MB | options |" in out
+    assert "| tiny.yaml | inference |" in out and "Machine:" in out
