@@ -152,6 +152,8 @@ def add_d2seg_config(cfg: CN) -> None:
     # undilated; rounding as direct), "F4" = F(4x4,3x3) (>= 128 channels, dilation <= 4; faster,
     # rounding ~1e-6 relative); larger dilations skip the rows of zero padding
     _C.MODEL.SPEED.WINOGRAD = ""
+    # CPU: 1x1 convs as one GEMM over the activations' memory (no oneDNN reorders; rounding)
+    _C.MODEL.SPEED.GEMM_1X1 = False
     _C.MODEL.SPEED.FUSE_BN = True  # optimize_for_inference folds BN into the convs
     _C.MODEL.SPEED.CHANNELS_LAST = False  # NHWC weights and activations
     # attention of NonLocal/ANN/DANet/OCR by scaled_dot_product_attention (same maths, rounding)

@@ -4,6 +4,9 @@ import sys
 import pytest
 import torch
 
+# the built-in dataset's root is read when d2seg is imported: one copy in the repo, whatever the cwd
+os.environ.setdefault("DETECTRON2_DATASETS", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets"))
 sys.path.insert(0, os.path.dirname(__file__))
 # tools/mmseg_peer.py: MMSegmentation as the reference of the parity tests
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))

@@ -74,14 +74,15 @@ def test_fuse_requires_eval_mode():
 
 @pytest.mark.parametrize("yaml", ZOO)
 def test_optimized_zoo_model_equals_plain(yaml):
-    """Fused BN + Winograd F4 (+ channels_last) against the plain model, on every zoo method."""
+    """Fused BN + Winograd F4 + 1x1 GEMMs + fused attention (+ channels_last on HRNet) against
+    the plain model, on every zoo method: the options of docs/benchmark.md's table."""
     cfg = get_d2seg_cfg(REPO_CONFIGS / f"_base_/models/{yaml}.yaml", BN)
     img = torch.randn(1, 3, 64, 128, generator=torch.Generator().manual_seed(0))
     plain = _realistic(build_model(cfg), img)
     fused = fuse_conv_bn(copy.deepcopy(plain))
     assert not any(is_batch_norm(m) for m in fused.modules())
     opt = optimize_for_inference(copy.deepcopy(plain), SpeedOptions(
-        winograd="F4", channels_last=yaml.endswith("hr18")))
+        winograd="F4", gemm_1x1=True, fused_attention=True, channels_last=yaml.endswith("hr18")))
     if "hr18" not in yaml:
         assert any(isinstance(m, WinogradConv2d) for m in opt.modules())
     with torch.no_grad():
@@ -183,6 +184,49 @@ def test_winograd_training_step_matches_direct():
 
 
 # ---- config options ------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_pointwise_gemm_conv_forward_backward_exact(layout, n):
+    from d2seg.modeling.layers.pointwise import pointwise_conv2d
+
+    x = torch.randn(n, 12, 5, 8, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = x[:, :, :, ::2]
+    x.requires_grad_(True)
+    w = torch.randn(7, 12, 1, 1, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    got = pointwise_conv2d(x, w, b)
+    expected = F.conv2d(x, w, b)
+    assert got.shape == expected.shape and (got - expected).abs().max() < 1e-12
+    g = torch.randn_like(expected)
+    grads = torch.autograd.grad(got, (x, w, b), g)
+    ref = torch.autograd.grad(expected, (x, w, b), g)
+    assert all((a - r).abs().max() < 1e-12 for a, r in zip(grads, ref))
+
+
+def test_convert_pointwise_to_gemm_keeps_keys_and_outputs():
+    from d2seg.modeling.layers.pointwise import (
+        PointwiseGemmConv2d, PointwiseGemmPlainConv2d, convert_pointwise_to_gemm,
+    )
+
+    model = build_model(tiny_cfg()).eval()
+    keys = list(model.state_dict())
+    inputs = random_batch(1, 64, 96)
+    with torch.no_grad():
+        expected = model(inputs)[0]["sem_seg"]
+        convert_pointwise_to_gemm(model)
+        got = model(inputs)[0]["sem_seg"]
+    assert list(model.state_dict()) == keys
+    convs = dict(model.named_modules())
+    assert isinstance(convs["decode_head.conv_seg"], PointwiseGemmPlainConv2d)
+    assert isinstance(convs["backbone.res4.0.shortcut"], PointwiseGemmConv2d)  # 1x1, stride 1
+    assert not isinstance(convs["backbone.res3.0.shortcut"], PointwiseGemmConv2d)  # stride 2
+    assert not isinstance(convs["backbone.stem.conv1"], PointwiseGemmConv2d)  # 3x3
+    assert (got - expected).abs().max() < 1e-4
+
+
 def test_speed_config_applied_on_first_forward():
     cfg = tiny_cfg(width=64, opts=["MODEL.SEM_SEG_HEAD.CONVS_DIM", 128,
                                    "MODEL.SPEED.WINOGRAD", "F4", "MODEL.SPEED.CHANNELS_LAST", True])

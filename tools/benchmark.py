@@ -4,7 +4,7 @@
     python tools/benchmark.py --config-file configs/pspnet/pspnet_r50-d8_512x1024_40k_cityscapes.yaml
     python tools/benchmark.py --config-file CFG --task train --batch-size 2 --num-iter 20
     python tools/benchmark.py --config-file CFG --task data --num-iter 100
-    python tools/benchmark.py --config-file CFG --winograd F4 --fused-attention  # CPU options
+    python tools/benchmark.py --config-file CFG --winograd F4 --gemm-1x1 --fused-attention  # CPU
     python tools/benchmark.py --config-file CFG --amp --compile MODEL.DEVICE cuda
     python tools/benchmark.py --all configs/pspnet --task inference --num-iter 20 > table.md
     python tools/benchmark.py --config-file CFG --json            # one JSON object on stdout
@@ -108,7 +108,7 @@ def _memory(device: str) -> dict:
 # ---- config --------------------------------------------------------------------------------
 def build_cfg(config_file: str, opts=(), *, device=None, amp=False, amp_dtype=None,
               channels_last=None, compile=None, winograd=None, fuse=None,
-              fused_attention=None):
+              fused_attention=None, gemm_1x1=None):
     """The config with the command line's speed options (None = keep the config's value)."""
     cfg = get_cfg()
     add_d2seg_config(cfg)
@@ -136,6 +136,8 @@ def build_cfg(config_file: str, opts=(), *, device=None, amp=False, amp_dtype=No
         cfg.MODEL.SPEED.FUSE_BN = fuse
     if fused_attention is not None:
         cfg.MODEL.SPEED.FUSED_ATTENTION = fused_attention
+    if gemm_1x1 is not None:
+        cfg.MODEL.SPEED.GEMM_1X1 = gemm_1x1
     cfg.freeze()
     return cfg
 
@@ -288,6 +290,8 @@ def get_parser():
     p.add_argument("--compile", action="store_true", default=None, help="MODEL.SPEED.COMPILE")
     p.add_argument("--winograd", choices=["", "F2", "F4"], default=None,
                    help="MODEL.SPEED.WINOGRAD (CPU)")
+    p.add_argument("--gemm-1x1", action="store_true", default=None,
+                   help="MODEL.SPEED.GEMM_1X1 (CPU: 1x1 convs as GEMMs)")
     p.add_argument("--fused-attention", action="store_true", default=None,
                    help="MODEL.SPEED.FUSED_ATTENTION (scaled_dot_product_attention)")
     p.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None,
@@ -308,7 +312,7 @@ def run_one(args) -> dict:
     cfg = build_cfg(args.config_file, args.opts, device=args.device, amp=args.amp,
                     amp_dtype=args.amp_dtype, channels_last=args.channels_last,
                     compile=args.compile, winograd=args.winograd, fuse=args.fuse,
-                    fused_attention=args.fused_attention)
+                    fused_attention=args.fused_attention, gemm_1x1=args.gemm_1x1)
     num_iter, warmup = DEFAULT_ITERS[args.task]
     num_iter = args.num_iter if args.num_iter is not None else num_iter
     warmup = args.warmup if args.warmup is not None else warmup
@@ -332,6 +336,7 @@ def run_one(args) -> dict:
             else (cfg.SOLVER.AMP.DTYPE if cfg.SOLVER.AMP.ENABLED else ""),
             "channels_last": speed.CHANNELS_LAST, "compile": speed.COMPILE,
             "winograd": speed.WINOGRAD, "fused_attention": speed.FUSED_ATTENTION,
+            "gemm_1x1": speed.GEMM_1X1,
             "fuse_bn": speed.FUSE_BN and args.task == "inference",
             "test_mode": cfg.TEST.MODE,
         },

@@ -115,6 +115,7 @@ def build_d2seg_cfg(yaml, args, train=False):
                                    "INPUT.CROP.SIZE", list(args.input_size),
                                    "MODEL.SPEED.WINOGRAD", args.winograd,
                                    "MODEL.SPEED.FUSED_ATTENTION", not args.no_fused_attention,
+                                   "MODEL.SPEED.GEMM_1X1", not args.no_gemm_1x1,
                                    "MODEL.SPEED.CHANNELS_LAST", False])
     hrnet = cfg.MODEL.BACKBONE.NAME == "build_hrnet_backbone"
     # channels_last pays on HRNet's narrow branches; on the ResNet-D8 models it is neutral
@@ -259,7 +260,8 @@ def markdown(results, args, load_before, load_after) -> str:
         f"Machine: {m['cpu']} ({m['cpu_count']} cores), torch {m['torch']}, {m['threads']} "
         f"threads, fp32; load average (1/5/15 min) before {load_before}, after {load_after}.",
         f"d2seg options: BN folded for inference, MODEL.SPEED.WINOGRAD={args.winograd!r}, "
-        f"FUSED_ATTENTION={not args.no_fused_attention}, CHANNELS_LAST={args.channels_last}. Input {args.input_size[0]}x{args.input_size[1]}; "
+        f"FUSED_ATTENTION={not args.no_fused_attention}, GEMM_1X1={not args.no_gemm_1x1}, "
+        f"CHANNELS_LAST={args.channels_last}. Input {args.input_size[0]}x{args.input_size[1]}; "
         f"train batch {args.train_batch}. Medians of {args.rounds} (inference) / "
         f"{args.train_rounds} (train) interleaved rounds ({args.clock} clock); ratio = d2seg / "
         "mmseg.",
@@ -305,6 +307,8 @@ def main():
                         "slower)")
     p.add_argument("--channels-last", choices=["no", "yes", "auto"], default="auto",
                    help="d2seg's MODEL.SPEED.CHANNELS_LAST (auto: HRNet models only)")
+    p.add_argument("--no-gemm-1x1", action="store_true",
+                   help="d2seg without MODEL.SPEED.GEMM_1X1")
     p.add_argument("--no-fused-attention", action="store_true",
                    help="d2seg without MODEL.SPEED.FUSED_ATTENTION")
     p.add_argument("--no-psamask-build", action="store_true",

@@ -22,6 +22,7 @@ from d2seg.checkpoint import SegCheckpointer
 from d2seg.data.mappers import SemSegDatasetMapper
 from d2seg.engine import setup_cfg
 from d2seg.modeling import SemanticSegmentorWithTTA
+from d2seg.modeling.speed import optimize_for_inference
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -56,6 +57,9 @@ def main(argv=None):
     cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts), None)
     model = build_model(cfg).eval()
     SegCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    # inference only: BN folded into the convs (MODEL.SPEED.FUSE_BN) and the other MODEL.SPEED
+    # options (docs/benchmark.md); outputs equal the plain model's within float rounding
+    optimize_for_inference(model)
     mapper = SemSegDatasetMapper(cfg, is_train=False)
     if cfg.TEST.AUG.ENABLED:  # multi-scale + flip test: views are made from the original image
         model = SemanticSegmentorWithTTA(cfg, model)

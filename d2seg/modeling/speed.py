@@ -2,6 +2,8 @@
 
 - ``WINOGRAD``: 3x3 stride-1 convs of >= 256 channels by Winograd F(2x2,3x3) ("F2", rounding
   like the direct conv) or F(4x4,3x3) ("F4"), CPU fp32 only (d2seg/modeling/layers/winograd.py);
+- ``GEMM_1X1``: 1x1 convs as plain GEMMs over the activations' own memory, CPU
+  (d2seg/modeling/layers/pointwise.py);
 - ``CHANNELS_LAST``: NHWC weights (activations follow);
 - ``FUSED_ATTENTION``: ``scaled_dot_product_attention`` in NonLocal / ANN / DANet-PAM / OCR;
 - ``COMPILE``: ``torch.compile`` of the backbone's and every head's forward;
@@ -22,6 +24,7 @@ from torch import nn
 from .fuse import fuse_conv_bn
 from .layers.non_local import NonLocal2d
 from .layers.self_attention import SelfAttentionBlock
+from .layers.pointwise import convert_pointwise_to_gemm
 from .layers.winograd import convert_to_winograd
 
 __all__ = ["SpeedOptions", "optimize_for_inference", "autocast_context"]
@@ -46,6 +49,7 @@ class SpeedOptions:
     amp_dtype: str = ""
     fuse_bn: bool = True
     fused_attention: bool = False
+    gemm_1x1: bool = False
 
     def __post_init__(self):
         if self.winograd not in _WINOGRAD:
@@ -57,18 +61,23 @@ class SpeedOptions:
     def from_config(cls, cfg) -> "SpeedOptions":
         s = cfg.MODEL.SPEED
         return cls(winograd=s.WINOGRAD, channels_last=s.CHANNELS_LAST, compile=s.COMPILE,
-                   amp_dtype=s.AMP_DTYPE, fuse_bn=s.FUSE_BN, fused_attention=s.FUSED_ATTENTION)
+                   amp_dtype=s.AMP_DTYPE, fuse_bn=s.FUSE_BN, fused_attention=s.FUSED_ATTENTION,
+                   gemm_1x1=s.GEMM_1X1)
 
     @property
     def is_default(self) -> bool:
-        return not (self.winograd or self.channels_last or self.compile or self.fused_attention)
+        return not (self.winograd or self.channels_last or self.compile or self.fused_attention
+                    or self.gemm_1x1)
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Winograd, channels_last and compile, in place (idempotent)."""
+        """Winograd, 1x1 GEMMs, fused attention, channels_last and compile, in place
+        (idempotent)."""
         if getattr(model, "_d2seg_speed_applied", False):
             return model
         if self.winograd:
             convert_to_winograd(model, _WINOGRAD[self.winograd])
+        if self.gemm_1x1:
+            convert_pointwise_to_gemm(model)
         if self.fused_attention:
             for m in model.modules():
                 if isinstance(m, (SelfAttentionBlock, NonLocal2d)):

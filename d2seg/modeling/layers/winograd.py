@@ -313,16 +313,21 @@ class _WinogradMixin:
         return winograd_conv2d(x, self.weight, self.bias, d, self.winograd_m, U)
 
 
+def conv_norm_act_forward(self, x):
+    """Detectron2 ``Conv2d.forward`` with the conv itself by ``self._conv`` (the classes that
+    swap in another convolution algorithm share it)."""
+    x = self._conv(x)
+    if self.norm is not None:
+        x = self.norm(x)
+    if self.activation is not None:
+        x = self.activation(x)
+    return x
+
+
 class WinogradConv2d(_WinogradMixin, Conv2d):
     """Detectron2 ``Conv2d`` (conv -> norm -> activation) whose conv runs by Winograd."""
 
-    def forward(self, x):
-        x = self._conv(x)
-        if self.norm is not None:
-            x = self.norm(x)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+    forward = conv_norm_act_forward
 
 
 class WinogradPlainConv2d(_WinogradMixin, nn.Conv2d):
