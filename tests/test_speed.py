@@ -227,16 +227,21 @@ def test_convert_pointwise_to_gemm_keeps_keys_and_outputs():
     assert (got - expected).abs().max() < 1e-4
 
 
-def test_speed_config_applied_on_first_forward():
-    cfg = tiny_cfg(width=64, opts=["MODEL.SEM_SEG_HEAD.CONVS_DIM", 128,
-                                   "MODEL.SPEED.WINOGRAD", "F4", "MODEL.SPEED.CHANNELS_LAST", True])
+def _with_and_without_speed(cfg, inputs):
+    """(model built from ``cfg``, its output, the output of a copy with no MODEL.SPEED option)."""
     model = build_model(cfg).eval()
     plain = copy.deepcopy(model)
     plain.speed = SpeedOptions()
-    inputs = random_batch(1, 64, 96)
     with torch.no_grad():
         got = model(inputs)[0]["sem_seg"]
         expected = plain(inputs)[0]["sem_seg"]
+    return model, got, expected
+
+
+def test_speed_config_applied_on_first_forward():
+    cfg = tiny_cfg(width=64, opts=["MODEL.SEM_SEG_HEAD.CONVS_DIM", 128,
+                                   "MODEL.SPEED.WINOGRAD", "F4", "MODEL.SPEED.CHANNELS_LAST", True])
+    model, got, expected = _with_and_without_speed(cfg, random_batch(1, 64, 96))
     assert any(isinstance(m, WinogradConv2d) for m in model.modules())
     assert model.decode_head.conv_seg.weight.is_contiguous(memory_format=torch.channels_last)
     assert (got - expected).abs().max() < 1e-4
@@ -285,13 +290,7 @@ def test_compile_option_wraps_forward_keeps_keys(monkeypatch):
 
 def test_inference_autocast_bf16():
     cfg = tiny_cfg(opts=["MODEL.SPEED.AMP_DTYPE", "bfloat16"])
-    model = build_model(cfg).eval()
-    plain = copy.deepcopy(model)
-    plain.speed = SpeedOptions()
-    inputs = random_batch(1, 64, 64)
-    with torch.no_grad():
-        got = model(inputs)[0]["sem_seg"]
-        expected = plain(inputs)[0]["sem_seg"]
+    _, got, expected = _with_and_without_speed(cfg, random_batch(1, 64, 64))
     assert got.dtype == torch.float32
     assert (got - expected).abs().max() < 0.05 * max(1.0, expected.abs().max().item())
 

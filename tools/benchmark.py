@@ -106,10 +106,14 @@ def _memory(device: str) -> dict:
 
 
 # ---- config --------------------------------------------------------------------------------
-def build_cfg(config_file: str, opts=(), *, device=None, amp=False, amp_dtype=None,
-              channels_last=None, compile=None, winograd=None, fuse=None,
-              fused_attention=None, gemm_1x1=None):
-    """The config with the command line's speed options (None = keep the config's value)."""
+# command-line speed option -> MODEL.SPEED key
+SPEED_FLAGS = {"channels_last": "CHANNELS_LAST", "compile": "COMPILE", "winograd": "WINOGRAD",
+               "fuse": "FUSE_BN", "fused_attention": "FUSED_ATTENTION", "gemm_1x1": "GEMM_1X1"}
+
+
+def build_cfg(config_file: str, opts=(), *, device=None, amp=False, amp_dtype=None, **speed):
+    """The config with the command line's speed options (keyword names of ``SPEED_FLAGS``;
+    None = keep the config's value)."""
     cfg = get_cfg()
     add_d2seg_config(cfg)
     if config_file:
@@ -126,18 +130,9 @@ def build_cfg(config_file: str, opts=(), *, device=None, amp=False, amp_dtype=No
         cfg.MODEL.SPEED.AMP_DTYPE = dtype
         cfg.SOLVER.AMP.ENABLED = True
         cfg.SOLVER.AMP.DTYPE = dtype
-    if channels_last is not None:
-        cfg.MODEL.SPEED.CHANNELS_LAST = channels_last
-    if compile is not None:
-        cfg.MODEL.SPEED.COMPILE = compile
-    if winograd is not None:
-        cfg.MODEL.SPEED.WINOGRAD = winograd
-    if fuse is not None:
-        cfg.MODEL.SPEED.FUSE_BN = fuse
-    if fused_attention is not None:
-        cfg.MODEL.SPEED.FUSED_ATTENTION = fused_attention
-    if gemm_1x1 is not None:
-        cfg.MODEL.SPEED.GEMM_1X1 = gemm_1x1
+    for flag, value in speed.items():
+        if value is not None:
+            cfg.MODEL.SPEED[SPEED_FLAGS[flag]] = value
     cfg.freeze()
     return cfg
 
@@ -310,9 +305,7 @@ def run_one(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = build_cfg(args.config_file, args.opts, device=args.device, amp=args.amp,
-                    amp_dtype=args.amp_dtype, channels_last=args.channels_last,
-                    compile=args.compile, winograd=args.winograd, fuse=args.fuse,
-                    fused_attention=args.fused_attention, gemm_1x1=args.gemm_1x1)
+                    amp_dtype=args.amp_dtype, **{f: getattr(args, f) for f in SPEED_FLAGS})
     num_iter, warmup = DEFAULT_ITERS[args.task]
     num_iter = args.num_iter if args.num_iter is not None else num_iter
     warmup = args.warmup if args.warmup is not None else warmup
