@@ -158,5 +158,8 @@ def add_d2seg_config(cfg: CN) -> None:
     _C.MODEL.SPEED.CHANNELS_LAST = False  # NHWC weights and activations
     # attention of NonLocal/ANN/DANet/OCR by scaled_dot_product_attention (same maths, rounding)
     _C.MODEL.SPEED.FUSED_ATTENTION = False
+    # compose a linear 1x1 projection into the 1x1 conv after it (ANN: the attention's
+    # out_project into the fusion bottleneck; same maths, rounding; training too)
+    _C.MODEL.SPEED.FOLD_PROJECTIONS = False
     _C.MODEL.SPEED.COMPILE = False  # torch.compile the backbone and heads (first call compiles)
     _C.MODEL.SPEED.AMP_DTYPE = ""  # inference under autocast: "" (fp32), bfloat16 or float16

@@ -82,7 +82,8 @@ def test_optimized_zoo_model_equals_plain(yaml):
     fused = fuse_conv_bn(copy.deepcopy(plain))
     assert not any(is_batch_norm(m) for m in fused.modules())
     opt = optimize_for_inference(copy.deepcopy(plain), SpeedOptions(
-        winograd="F4", gemm_1x1=True, fused_attention=True, channels_last=yaml.endswith("hr18")))
+        winograd="F4", gemm_1x1=True, fused_attention=True, fold_projections=True,
+        channels_last=yaml.endswith("hr18")))
     if "hr18" not in yaml:
         assert any(isinstance(m, WinogradConv2d) for m in opt.modules())
     with torch.no_grad():
@@ -149,6 +150,27 @@ def test_winograd_conv_forward_backward_exact(m, n, c, co, h, w, d):
     assert (y - results[0][0]).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("h,w,d", [(13, 21, 5), (13, 21, 12), (16, 32, 12), (9, 40, 20),
+                                   (6, 7, 8)])
+def test_tap_conv3x3_forward_backward_exact(h, w, d):
+    """The padding-skipping dilated conv (ASPP's dilations) and its gradients equal
+    F.conv2d's, also where a tap reads only padding (d >= h) and on a non-contiguous input."""
+    from d2seg.modeling.layers.tap_conv import tap_conv3x3, tap_conv_saving
+
+    g = torch.Generator().manual_seed(d)
+    x = torch.randn(2, 8, w, h, generator=g).transpose(2, 3).requires_grad_()
+    weight = torch.randn(6, 8, 3, 3, generator=g).requires_grad_()
+    bias = torch.randn(6, generator=g).requires_grad_()
+    grad_out = torch.randn(2, 6, h, w, generator=g)
+    expected = F.conv2d(x, weight, bias, padding=d, dilation=d)
+    got = tap_conv3x3(x, weight, bias, d)
+    assert (got - expected).abs().max() < 1e-4
+    for a, b in zip(torch.autograd.grad(expected, (x, weight, bias), grad_out),
+                    torch.autograd.grad(got, (x, weight, bias), grad_out)):
+        assert (a - b).abs().max() < 1e-4 * max(1.0, a.abs().max().item())
+    assert 0 < tap_conv_saving(h, w, d) < 1
+
+
 def test_convert_to_winograd_keeps_keys_and_skips_ineligible():
     cfg = tiny_cfg(width=64, opts=["MODEL.SEM_SEG_HEAD.CONVS_DIM", 128])
     model = build_model(cfg)
@@ -181,6 +203,37 @@ def test_winograd_training_step_matches_direct():
     assert any(isinstance(m, WinogradConv2d) for m in wino.modules())
     for n, g in grads[0].items():
         assert (grads[1][n] - g).abs().max() <= 1e-4 * max(1.0, g.abs().max().item()), n
+
+
+def test_fold_projections_training_matches_plain():
+    """ANN with its attention out_project composed into the fusion bottleneck: same losses and
+    gradients for every weight (out_project included) in a training step."""
+    cfg = get_d2seg_cfg(REPO_CONFIGS / "_base_/models/ann_r50-d8.yaml", BN)
+    batch = random_batch(2, 64, 128)
+    plain = build_model(cfg)
+    randomize_(plain)  # out_project is zero-initialised: the fold would be trivial
+    folded = copy.deepcopy(plain)
+    SpeedOptions(fold_projections=True).apply(folded)
+    assert folded.decode_head.fusion.fold_projections and folded.decode_head.context.fold_projections
+    losses, grads = [], []
+    for model in (plain.train(), folded.train()):
+        torch.manual_seed(0)  # same dropout masks
+        with EventStorage():
+            loss = sum(model(batch).values())
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    scale = max(g.abs().max().item() for g in grads[0].values())
+    for n, g in grads[0].items():
+        assert (grads[1][n] - g).abs().max() <= 1e-4 * scale, n
+    # the weights the fold composes, each against its own scale
+    for key in ("fusion.stages.0.out_project.weight", "fusion.bottleneck.weight",
+                "context.stages.0.out_project.weight", "context.bottleneck.weight"):
+        a, b = grads[0]["decode_head." + key], grads[1]["decode_head." + key]
+        assert a.abs().max() > 0
+        assert (b - a).abs().max() <= 1e-3 * a.abs().max(), key
 
 
 # ---- config options ------------------------------------------------------------------------

@@ -4,7 +4,8 @@
     python tools/benchmark.py --config-file configs/pspnet/pspnet_r50-d8_512x1024_40k_cityscapes.yaml
     python tools/benchmark.py --config-file CFG --task train --batch-size 2 --num-iter 20
     python tools/benchmark.py --config-file CFG --task data --num-iter 100
-    python tools/benchmark.py --config-file CFG --winograd F4 --gemm-1x1 --fused-attention  # CPU
+    python tools/benchmark.py --config-file CFG --winograd F4 --gemm-1x1 --fused-attention \
+        --fold-projections  # CPU
     python tools/benchmark.py --config-file CFG --amp --compile MODEL.DEVICE cuda
     python tools/benchmark.py --all configs/pspnet --task inference --num-iter 20 > table.md
     python tools/benchmark.py --config-file CFG --json            # one JSON object on stdout
@@ -108,7 +109,8 @@ def _memory(device: str) -> dict:
 # ---- config --------------------------------------------------------------------------------
 # command-line speed option -> MODEL.SPEED key
 SPEED_FLAGS = {"channels_last": "CHANNELS_LAST", "compile": "COMPILE", "winograd": "WINOGRAD",
-               "fuse": "FUSE_BN", "fused_attention": "FUSED_ATTENTION", "gemm_1x1": "GEMM_1X1"}
+               "fuse": "FUSE_BN", "fused_attention": "FUSED_ATTENTION", "gemm_1x1": "GEMM_1X1",
+               "fold_projections": "FOLD_PROJECTIONS"}
 
 
 def build_cfg(config_file: str, opts=(), *, device=None, amp=False, amp_dtype=None, **speed):
@@ -289,6 +291,8 @@ def get_parser():
                    help="MODEL.SPEED.GEMM_1X1 (CPU: 1x1 convs as GEMMs)")
     p.add_argument("--fused-attention", action="store_true", default=None,
                    help="MODEL.SPEED.FUSED_ATTENTION (scaled_dot_product_attention)")
+    p.add_argument("--fold-projections", action="store_true", default=None,
+                   help="MODEL.SPEED.FOLD_PROJECTIONS (ANN: out_project into the bottleneck)")
     p.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None,
                    help="inference: fold BN into convs (default: MODEL.SPEED.FUSE_BN)")
     p.add_argument("--json", action="store_true", help="print one JSON object (machines)")
@@ -329,7 +333,7 @@ def run_one(args) -> dict:
             else (cfg.SOLVER.AMP.DTYPE if cfg.SOLVER.AMP.ENABLED else ""),
             "channels_last": speed.CHANNELS_LAST, "compile": speed.COMPILE,
             "winograd": speed.WINOGRAD, "fused_attention": speed.FUSED_ATTENTION,
-            "gemm_1x1": speed.GEMM_1X1,
+            "gemm_1x1": speed.GEMM_1X1, "fold_projections": speed.FOLD_PROJECTIONS,
             "fuse_bn": speed.FUSE_BN and args.task == "inference",
             "test_mode": cfg.TEST.MODE,
         },

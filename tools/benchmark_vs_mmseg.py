@@ -116,6 +116,7 @@ def build_d2seg_cfg(yaml, args, train=False):
                                    "MODEL.SPEED.WINOGRAD", args.winograd,
                                    "MODEL.SPEED.FUSED_ATTENTION", not args.no_fused_attention,
                                    "MODEL.SPEED.GEMM_1X1", not args.no_gemm_1x1,
+                                   "MODEL.SPEED.FOLD_PROJECTIONS", not args.no_fold_projections,
                                    "MODEL.SPEED.CHANNELS_LAST", False])
     hrnet = cfg.MODEL.BACKBONE.NAME == "build_hrnet_backbone"
     # channels_last pays on HRNet's narrow branches; on the ResNet-D8 models it is neutral
@@ -261,6 +262,7 @@ def markdown(results, args, load_before, load_after) -> str:
         f"threads, fp32; load average (1/5/15 min) before {load_before}, after {load_after}.",
         f"d2seg options: BN folded for inference, MODEL.SPEED.WINOGRAD={args.winograd!r}, "
         f"FUSED_ATTENTION={not args.no_fused_attention}, GEMM_1X1={not args.no_gemm_1x1}, "
+        f"FOLD_PROJECTIONS={not args.no_fold_projections}, "
         f"CHANNELS_LAST={args.channels_last}. Input {args.input_size[0]}x{args.input_size[1]}; "
         f"train batch {args.train_batch}. Medians of {args.rounds} (inference) / "
         f"{args.train_rounds} (train) interleaved rounds ({args.clock} clock); ratio = d2seg / "
@@ -309,6 +311,8 @@ def main():
                    help="d2seg's MODEL.SPEED.CHANNELS_LAST (auto: HRNet models only)")
     p.add_argument("--no-gemm-1x1", action="store_true",
                    help="d2seg without MODEL.SPEED.GEMM_1X1")
+    p.add_argument("--no-fold-projections", action="store_true",
+                   help="d2seg without MODEL.SPEED.FOLD_PROJECTIONS")
     p.add_argument("--no-fused-attention", action="store_true",
                    help="d2seg without MODEL.SPEED.FUSED_ATTENTION")
     p.add_argument("--no-psamask-build", action="store_true",
@@ -337,11 +341,13 @@ def main():
     have_psamask = "PSANet" in names and not args.no_psamask_build and build_mmcv_psamask(stub)
     load_before = [round(x, 2) for x in os.getloadavg()]
     results = {"machine": machine_info("cpu"), "args": vars(args), "models": {}}
-    for name, stem, yaml in MODELS:
-        if name not in names:
-            continue
-        r = results["models"][name] = {}
-        for task in args.tasks:
+    # every model's inference first, then the training steps: a process that has trained holds
+    # warm (already faulted-in) heap memory, which would change the inference regime mid-table
+    for task in args.tasks:
+        for name, stem, yaml in MODELS:
+            if name not in names:
+                continue
+            r = results["models"].setdefault(name, {})
             if name == "PSANet" and not have_psamask:
                 r[task] = {"error": "mmcv PSAMask kernel unavailable"}
                 continue

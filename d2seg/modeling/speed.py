@@ -6,6 +6,9 @@
   (d2seg/modeling/layers/pointwise.py);
 - ``CHANNELS_LAST``: NHWC weights (activations follow);
 - ``FUSED_ATTENTION``: ``scaled_dot_product_attention`` in NonLocal / ANN / DANet-PAM / OCR;
+- ``FOLD_PROJECTIONS``: a linear 1x1 projection composed into the 1x1 conv that follows it
+  (ANN's attention ``out_project`` into its fusion ``bottleneck``: a 2048 x 256 GEMM for a
+  2048 x 2048 one); modules that can do it have a ``fold_projections`` attribute;
 - ``COMPILE``: ``torch.compile`` of the backbone's and every head's forward;
 - ``AMP_DTYPE``: inference under ``torch.autocast`` (bfloat16 / float16);
 - ``FUSE_BN``: BN folded into convs by :func:`optimize_for_inference` (inference only).
@@ -50,6 +53,7 @@ class SpeedOptions:
     fuse_bn: bool = True
     fused_attention: bool = False
     gemm_1x1: bool = False
+    fold_projections: bool = False
 
     def __post_init__(self):
         if self.winograd not in _WINOGRAD:
@@ -62,12 +66,12 @@ class SpeedOptions:
         s = cfg.MODEL.SPEED
         return cls(winograd=s.WINOGRAD, channels_last=s.CHANNELS_LAST, compile=s.COMPILE,
                    amp_dtype=s.AMP_DTYPE, fuse_bn=s.FUSE_BN, fused_attention=s.FUSED_ATTENTION,
-                   gemm_1x1=s.GEMM_1X1)
+                   gemm_1x1=s.GEMM_1X1, fold_projections=s.FOLD_PROJECTIONS)
 
     @property
     def is_default(self) -> bool:
         return not (self.winograd or self.channels_last or self.compile or self.fused_attention
-                    or self.gemm_1x1)
+                    or self.gemm_1x1 or self.fold_projections)
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Winograd, 1x1 GEMMs, fused attention, channels_last and compile, in place
@@ -82,6 +86,10 @@ class SpeedOptions:
             for m in model.modules():
                 if isinstance(m, (SelfAttentionBlock, NonLocal2d)):
                     m.fused_attention = True
+        if self.fold_projections:
+            for m in model.modules():
+                if hasattr(type(m), "fold_projections"):
+                    m.fold_projections = True
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
             keep_dilated_depthwise_nchw(model)

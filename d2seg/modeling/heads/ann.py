@@ -2,12 +2,14 @@
 from typing import List, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..layers.conv import conv_norm_act
+from ..layers.pointwise import pointwise_conv2d
 from ..layers.self_attention import SelfAttentionBlock
 from .base import BaseDecodeHead
 
@@ -36,7 +38,47 @@ def ann_attention(low_in_channels, high_in_channels, channels, out_channels, sha
         with_out=True, norm=norm)
 
 
-class AFNB(nn.Module):
+class _AttentionFusion(nn.Module):
+    """``bottleneck(cat([sum of the stages' attention, feats]))``, the tail of AFNB and APNB.
+
+    ``fold_projections`` (MODEL.SPEED.FOLD_PROJECTIONS) composes each stage's ``out_project``, a
+    plain 1x1 conv, into the bottleneck's context half: ``Wc (Wo a + bo) = (Wc Wo) a + Wc bo``.
+    AFNB's 4096 -> 2048 bottleneck then costs a 2048 x 256 GEMM on the attention output plus a
+    2048 x 2048 one on the features instead of 2048 x 4096 after a 256 -> 2048 projection. Same
+    sum in another order (float rounding); autograd reaches every weight as before."""
+
+    fold_projections = False
+    stages: nn.ModuleList
+    bottleneck: nn.Module
+
+    def fuse(self, query_feats, key_feats, feats):
+        if not self.fold_projections:
+            context = torch.stack([stage(query_feats, key_feats) for stage in self.stages]).sum(0)
+            return self.bottleneck(torch.cat([context, feats], 1))
+        conv = self.bottleneck
+        c = self.stages[0].out_channels
+        w_context, w_feats = conv.weight[:, :c, 0, 0], conv.weight[:, c:]
+        bias = conv.bias
+        for stage in self.stages:
+            b = w_context @ stage.out_project.bias
+            bias = b if bias is None else bias + b
+        out = _conv1x1(feats, w_feats, bias)
+        for stage in self.stages:
+            w = (w_context @ stage.out_project.weight[:, :, 0, 0])[:, :, None, None]
+            out = out + _conv1x1(stage.attend(query_feats, key_feats), w, None)
+        if conv.norm is not None:
+            out = conv.norm(out)
+        if conv.activation is not None:
+            out = conv.activation(out)
+        return out
+
+
+def _conv1x1(x, weight, bias):
+    return pointwise_conv2d(x, weight, bias) if x.device.type == "cpu" else F.conv2d(
+        x, weight, bias)
+
+
+class AFNB(_AttentionFusion):
     """High-level queries attend to low-level keys; ``bottleneck`` (1x1, norm, no ReLU) fuses
     the summed contexts with the high-level features."""
 
@@ -52,11 +94,10 @@ class AFNB(nn.Module):
                                         norm=norm, activation=False)
 
     def forward(self, low_feats, high_feats):
-        context = torch.stack([stage(high_feats, low_feats) for stage in self.stages]).sum(0)
-        return self.bottleneck(torch.cat([context, high_feats], 1))
+        return self.fuse(high_feats, low_feats, high_feats)
 
 
-class APNB(nn.Module):
+class APNB(_AttentionFusion):
     """Self-attention with a shared key/query projection; ``bottleneck`` (1x1 conv-norm-ReLU)
     fuses the summed contexts with the input."""
 
@@ -70,8 +111,7 @@ class APNB(nn.Module):
         self.bottleneck = conv_norm_act(2 * in_channels, out_channels, 1, norm=norm)
 
     def forward(self, feats):
-        context = torch.stack([stage(feats, feats) for stage in self.stages]).sum(0)
-        return self.bottleneck(torch.cat([context, feats], 1))
+        return self.fuse(feats, feats, feats)
 
 
 @SEM_SEG_HEADS_REGISTRY.register()

@@ -83,6 +83,13 @@ class SelfAttentionBlock(nn.Module):
         return convs[0] if len(convs) == 1 else nn.Sequential(*convs)
 
     def forward(self, query_feats: torch.Tensor, key_feats: torch.Tensor) -> torch.Tensor:
+        context = self.attend(query_feats, key_feats)
+        if self.out_project is not None:
+            context = self.out_project(context)
+        return context
+
+    def attend(self, query_feats: torch.Tensor, key_feats: torch.Tensor) -> torch.Tensor:
+        """The attention's output before ``out_project``: N x channels x (query's H x W)."""
         n = query_feats.shape[0]
         query = self.query_project(query_feats)
         if self.query_downsample is not None:
@@ -106,7 +113,4 @@ class SelfAttentionBlock(nn.Module):
                 sim_map = (self.channels ** -0.5) * sim_map
             sim_map = sim_map.softmax(dim=-1)
             context = torch.matmul(sim_map, value).transpose(1, 2)
-        context = context.reshape(n, -1, *query_feats.shape[2:])
-        if self.out_project is not None:
-            context = self.out_project(context)
-        return context
+        return context.reshape(n, -1, *query_feats.shape[2:])

@@ -31,6 +31,8 @@ from torch import nn
 
 from detectron2.layers import Conv2d
 
+from .tap_conv import row_split_saving, tap_conv3x3
+
 __all__ = [
     "WinogradConv2d", "WinogradPlainConv2d", "winograd_conv2d", "winograd_eligible",
     "convert_to_winograd", "clear_workspace", "winograd_matrices",
@@ -245,30 +247,6 @@ def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     return _forward(x, U, bias, dilation, m)
 
 
-# ---- large dilations -----------------------------------------------------------------------
-def row_split_saving(h: int, dilation: int) -> float:
-    """Fraction of a 3x3 conv's work spent on zero padding above/below the map."""
-    valid = h + 2 * max(h - dilation, 0)
-    return 1.0 - valid / (3 * h)
-
-
-def row_split_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                      dilation: int) -> torch.Tensor:
-    """A 3x3 conv with padding = dilation as three 1x3 convs, one per kernel row, each only on
-    the output rows whose input row is inside the map. With a dilation comparable to the map
-    (DeepLabV3's ASPP: 12, 24, 36 on 64 rows) the direct conv spends 12-38 % of its work on
-    zero padding; this skips it (same sum, float rounding aside)."""
-    d, h = dilation, x.shape[2]
-    out = F.conv2d(x, weight[:, :, 1:2], bias, padding=(0, d), dilation=(1, d))
-    for i, dy in ((0, -d), (2, d)):
-        r0, r1 = max(0, -dy), min(h, h - dy)  # output rows reading input rows r + dy
-        if r1 > r0:
-            part = F.conv2d(x[:, :, r0 + dy:r1 + dy], weight[:, :, i:i + 1], None,
-                            padding=(0, d), dilation=(1, d))
-            out[:, :, r0:r1] += part  # in place is fine for autograd: conv keeps no output
-    return out
-
-
 # ---- modules -------------------------------------------------------------------------------
 def winograd_eligible(conv: nn.Conv2d, min_channels: int = 128) -> bool:
     """A 3x3 stride-1 ungrouped conv with "same" padding (= dilation) and wide enough."""
@@ -298,7 +276,7 @@ class _WinogradMixin:
         if (d > self.max_dilation or tile_efficiency(x.shape[2], x.shape[3], d, self.winograd_m)
                 < self.min_tile_efficiency):
             if row_split_saving(x.shape[2], d) >= 0.1:
-                return row_split_conv3x3(x, self.weight, self.bias, d)
+                return tap_conv3x3(x, self.weight, self.bias, d)
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
                             self.dilation, self.groups)
         U = None
