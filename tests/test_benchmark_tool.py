@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "quickstart.yaml")
@@ -72,3 +73,17 @@ def test_all_writes_a_markdown_table(bench_tool, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| config | task | ms/img | img/s | memory MB | options |" in out
     assert "| tiny.yaml | inference |" in out and "Machine:" in out
+
+
+def test_benchmark_ops_prints_both_tables(monkeypatch, capsys):
+    import benchmark_ops
+
+    monkeypatch.setattr(benchmark_ops, "POINTWISE", [(8, 4, 6, 10)])
+    monkeypatch.setattr(benchmark_ops, "DILATED",
+                        dict(n=1, ci=4, co=3, h=8, w=12, dilations=(3, 9)))
+    threads = str(torch.get_num_threads())  # keep the session's thread count
+    benchmark_ops.main(["--op", "pointwise", "--iters", "1", "--threads", threads])
+    benchmark_ops.main(["--op", "dilated", "--iters", "1", "--threads", threads])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| 8 -> 4, 6 x 10 |") and len(rows[1].split("|")) == 5
+    assert [r.split("|")[1].strip() for r in rows[3:]] == ["3", "9"]

@@ -6,6 +6,12 @@ first reorders input, weights and output to its blocked layouts. Measured on a 2
 the sizes of the R-50-D8 bottlenecks (1 x 1024 x 64 x 128 -> 256 channels, 2048 -> 512, 256 x
 128 x 256 -> 64): the GEMM takes 0.6-0.9x the conv's time. Same sum, other summation order:
 outputs differ by float rounding only. Training works unchanged (autograd of a GEMM is two GEMMs).
+
+Most of that gain is memory, not arithmetic: under glibc's default malloc every large fresh
+tensor is new mmap'ed memory that page-faults on first touch, and oneDNN's conv touches more of
+it. With an allocator that keeps its pages (e.g. ``MALLOC_MMAP_MAX_=0`` and a large
+``MALLOC_TRIM_THRESHOLD_``, or jemalloc) the same convs take 0.7-0.9x the GEMM's time (see
+docs/benchmark.md, "Allocator"): leave this option off there.
 """
 import torch
 import torch.nn.functional as F

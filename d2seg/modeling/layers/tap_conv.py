@@ -67,8 +67,8 @@ class _TapConv(torch.autograd.Function):
     """Forward and input gradient (the conv of grad_out with the flipped, transposed kernel)
     by :func:`row_split_conv3x3`; the weight gradient by one GEMM per tap on its valid
     rectangle. Measured on a 2-core AMD EPYC, 2 x 2048 x 64 x 128 -> 512 channels, d = 12 / 24
-    / 36: forward + backward 4.9 / 4.0 / 3.2 s against 5.8 / 4.5 / 3.9 s through autograd of
-    the row-split convs (oneDNN's conv backward is 2.5x its forward here)."""
+    / 36: forward + backward 4.8 / 4.2 / 3.4 s against 5.2 / 4.5 / 4.2 s through autograd of
+    the row-split convs (whose backward takes ~2.5x their forward)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, d):
