@@ -10,7 +10,7 @@ outputs differ by float rounding only. Training works unchanged (autograd of a G
 Most of that gain is memory, not arithmetic: under glibc's default malloc every large fresh
 tensor is new mmap'ed memory that page-faults on first touch, and oneDNN's conv touches more of
 it. With an allocator that keeps its pages (e.g. ``MALLOC_MMAP_MAX_=0`` and a large
-``MALLOC_TRIM_THRESHOLD_``, or jemalloc) the same convs take 0.7-0.9x the GEMM's time (see
+``MALLOC_TRIM_THRESHOLD_``, or jemalloc) the same convs take 0.65-0.92x the GEMM's time (see
 docs/benchmark.md, "Allocator"): leave this option off there.
 """
 import torch
