@@ -2,14 +2,13 @@
 from typing import List, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..layers.conv import conv_norm_act
-from ..layers.pointwise import pointwise_conv2d
+from ..layers.pointwise import conv1x1
 from ..layers.self_attention import SelfAttentionBlock
 from .base import BaseDecodeHead
 
@@ -62,20 +61,15 @@ class _AttentionFusion(nn.Module):
         for stage in self.stages:
             b = w_context @ stage.out_project.bias
             bias = b if bias is None else bias + b
-        out = _conv1x1(feats, w_feats, bias)
+        out = conv1x1(feats, w_feats, bias)
         for stage in self.stages:
             w = (w_context @ stage.out_project.weight[:, :, 0, 0])[:, :, None, None]
-            out = out + _conv1x1(stage.attend(query_feats, key_feats), w, None)
+            out = out + conv1x1(stage.attend(query_feats, key_feats), w, None)
         if conv.norm is not None:
             out = conv.norm(out)
         if conv.activation is not None:
             out = conv.activation(out)
         return out
-
-
-def _conv1x1(x, weight, bias):
-    return pointwise_conv2d(x, weight, bias) if x.device.type == "cpu" else F.conv2d(
-        x, weight, bias)
 
 
 class AFNB(_AttentionFusion):

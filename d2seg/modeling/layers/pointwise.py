@@ -21,8 +21,8 @@ from detectron2.layers import Conv2d
 
 from .winograd import conv_norm_act_forward
 
-__all__ = ["PointwiseGemmConv2d", "PointwiseGemmPlainConv2d", "convert_pointwise_to_gemm",
-           "pointwise_eligible"]
+__all__ = ["PointwiseGemmConv2d", "PointwiseGemmPlainConv2d", "conv1x1",
+           "convert_pointwise_to_gemm", "pointwise_eligible", "pointwise_conv2d"]
 
 
 def pointwise_eligible(conv: nn.Module) -> bool:
@@ -52,11 +52,17 @@ def pointwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.
     return F.conv2d(x, weight, bias)
 
 
+def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
+    """A 1x1 conv: :func:`pointwise_conv2d` on the CPU in fp32, ``F.conv2d`` elsewhere (GPU,
+    autocast)."""
+    if x.device.type != "cpu" or x.dim() != 4 or torch.is_autocast_enabled("cpu"):
+        return F.conv2d(x, weight, bias)
+    return pointwise_conv2d(x, weight, bias)
+
+
 class _PointwiseMixin:
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dim() != 4 or torch.is_autocast_enabled("cpu"):
-            return F.conv2d(x, self.weight, self.bias)
-        return pointwise_conv2d(x, self.weight, self.bias)
+        return conv1x1(x, self.weight, self.bias)
 
 
 class PointwiseGemmConv2d(_PointwiseMixin, Conv2d):

@@ -17,17 +17,24 @@ import torch.nn.functional as F
 __all__ = ["row_split_conv3x3", "row_split_saving", "tap_conv3x3", "tap_conv_saving"]
 
 
+def _valid(size: int, shift: int) -> Tuple[slice, slice]:
+    """(output, input) index ranges of a tap shifted by ``shift`` whose input lies inside
+    ``range(size)``; empty slices when it never does."""
+    start = max(0, -shift)
+    stop = max(start, min(size, size - shift))
+    return slice(start, stop), slice(start + shift, stop + shift)
+
+
 def _taps(h: int, w: int, d: int) -> List[Tuple[int, int, slice, slice, slice, slice]]:
     """The off-centre taps (i, j) that read inside an h x w map for some output pixel, with the
     output rows / cols they reach and the input rows / cols they read."""
     taps = []
     for i, dy in ((0, -d), (1, 0), (2, d)):
-        r0, r1 = max(0, -dy), min(h, h - dy)
+        rows, in_rows = _valid(h, dy)
         for j, dx in ((0, -d), (1, 0), (2, d)):
-            c0, c1 = max(0, -dx), min(w, w - dx)
-            if (i, j) != (1, 1) and r1 > r0 and c1 > c0:
-                taps.append((i, j, slice(r0, r1), slice(c0, c1),
-                             slice(r0 + dy, r1 + dy), slice(c0 + dx, c1 + dx)))
+            cols, in_cols = _valid(w, dx)
+            if (i, j) != (1, 1) and rows.stop > rows.start and cols.stop > cols.start:
+                taps.append((i, j, rows, cols, in_rows, in_cols))
     return taps
 
 
@@ -45,21 +52,21 @@ def _matrix(t: torch.Tensor) -> torch.Tensor:
 
 def row_split_saving(h: int, dilation: int) -> float:
     """Fraction of a 3x3 conv's work spent on zero padding above/below the map."""
-    valid = h + 2 * max(h - dilation, 0)
-    return 1.0 - valid / (3 * h)
+    valid = sum(rows.stop - rows.start for rows, _ in (_valid(h, s) for s in (-dilation, dilation)))
+    return 1.0 - (h + valid) / (3 * h)
 
 
 def row_split_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                       dilation: int) -> torch.Tensor:
     """The conv as three 1x3 convs (oneDNN), one per kernel row, each only on the output rows
     whose input row is inside the map."""
-    d, h = dilation, x.shape[2]
+    d = dilation
     out = F.conv2d(x, weight[:, :, 1:2], bias, padding=(0, d), dilation=(1, d))
     for i, dy in ((0, -d), (2, d)):
-        r0, r1 = max(0, -dy), min(h, h - dy)  # output rows reading input rows r + dy
-        if r1 > r0:
-            out[:, :, r0:r1] += F.conv2d(x[:, :, r0 + dy:r1 + dy], weight[:, :, i:i + 1], None,
-                                         padding=(0, d), dilation=(1, d))
+        rows, in_rows = _valid(x.shape[2], dy)
+        if rows.stop > rows.start:
+            out[:, :, rows] += F.conv2d(x[:, :, in_rows], weight[:, :, i:i + 1], None,
+                                        padding=(0, d), dilation=(1, d))
     return out
 
 
@@ -87,9 +94,10 @@ class _TapConv(torch.autograd.Function):
             x, g = x.contiguous(), grad_out.contiguous()
             n, c, h, w = x.shape
             gw = weight.new_zeros(3, 3, g.shape[1], c)
+            taps = _taps(h, w, d)
             for k in range(n):
                 gw[1, 1].addmm_(g[k].view(-1, h * w), x[k].view(c, h * w).t())
-                for i, j, rows, cols, in_rows, in_cols in _taps(h, w, d):
+                for i, j, rows, cols, in_rows, in_cols in taps:
                     gw[i, j].addmm_(_matrix(g[k, :, rows, cols]),
                                     _matrix(x[k, :, in_rows, in_cols]).t())
             grad_w = gw.permute(2, 3, 0, 1)
@@ -102,8 +110,5 @@ def tap_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
                 dilation: int) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=dilation, dilation=dilation)`` for a 3x3 kernel,
     skipping the rows of zero padding (forward, input gradient) and every tap's padding (weight
-    gradient)."""
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
-        return _TapConv.apply(x, weight, bias, dilation)
-    return row_split_conv3x3(x, weight, bias, dilation)
+    gradient). Without gradients it is :func:`row_split_conv3x3` (autograd records nothing)."""
+    return _TapConv.apply(x, weight, bias, dilation)
