@@ -24,16 +24,34 @@ def get_model_zoo_configs():
             for p in glob.glob(os.path.join(destination, "**", "*.yaml"), recursive=True)]
 
 
+# Optional dependencies, by use. A tool that lacks one names its extra (d2seg/utils/dependencies.py).
+EXTRAS = {
+    # tools/datasets/: SBD and Pascal Context .mat files; Cityscapes' polygon route
+    "datasets": ["scipy", "cityscapesscripts"],
+    # tools/export_model.py, tools/benchmark.py --format onnx
+    "deploy": ["onnx", "onnxruntime", "onnxscript"],
+    # tools/launch_slurm.py
+    "slurm": ["submitit"],
+}
+# what the test suite imports (the MMSegmentation reference is installed by tools/install_test_deps.sh)
+EXTRAS["test"] = ["pytest", "hypothesis"] + EXTRAS["datasets"] + EXTRAS["deploy"] + EXTRAS["slurm"]
+EXTRAS["all"] = sorted({p for v in EXTRAS.values() for p in v})
+
 setup(
     name="d2seg",
     version="0.1.0",
     description="MMSegmentation's semantic-segmentation model zoo as a Detectron2 plugin",
     packages=find_packages(include=["d2seg", "d2seg.*"]),
     python_requires=">=3.8",
-    # torch (>= 2.1) and detectron2 are installed by the user (see README): detectron2 is not on
-    # PyPI under its own name and torch builds depend on the machine.
-    install_requires=["numpy", "opencv-python-headless", "Pillow", "tqdm", "matplotlib"],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    # Detectron2 itself is not on PyPI under its own name (README: the sal-detectron2 wheel or a
+    # source build); these are its pure-Python needs and d2seg's. torch >= 2.5: see
+    # d2seg/utils/dependencies.py (MIN_TORCH).
+    install_requires=[
+        "torch>=2.5", "torchvision", "numpy", "opencv-python-headless", "Pillow", "tqdm",
+        "matplotlib", "fvcore", "iopath", "pycocotools", "yacs", "termcolor", "tabulate",
+        "cloudpickle", "tensorboard", "omegaconf", "hydra-core",
+    ],
+    extras_require=EXTRAS,
     include_package_data=True,
     package_data={"d2seg.model_zoo": get_model_zoo_configs()},
 )

@@ -3,8 +3,12 @@
 Importing d2seg registers its meta-architectures, backbones, decode heads and datasets in
 Detectron2's registries and catalogs; nothing else happens at import time.
 """
-from . import data, modeling  # noqa: F401  (registration)
-from .config import add_d2seg_config
+from .utils.dependencies import check_torch_version
+
+check_torch_version()  # before anything imports torch features d2seg relies on
+
+from . import data, modeling  # noqa: F401,E402  (registration)
+from .config import add_d2seg_config  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["add_d2seg_config", "__version__"]

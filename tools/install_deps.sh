@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# Installs what d2seg needs on a fresh machine: torch, Detectron2 (the sal-detectron2 wheel where
-# `import detectron2` fails), Detectron2's pure-Python needs, d2seg itself (editable) and the test
-# tools. Idempotent: a second run only checks imports and returns within seconds.
+# Installs what d2seg needs into the Python named by $PYTHON (the Makefile passes its project
+# environment, .venv by default; an active virtualenv is used when PYTHON is unset): torch,
+# Detectron2 (the sal-detectron2 wheel where `import detectron2` fails) and d2seg itself (editable,
+# with its install_requires). Idempotent: a second run only checks imports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+if [ -z "${PYTHON:-}" ]; then
+  if [ -n "${VIRTUAL_ENV:-}" ]; then PYTHON="$VIRTUAL_ENV/bin/python"
+  else
+    echo "error: set PYTHON=/path/to/python (a virtualenv's) or run 'make install', which creates .venv" >&2
+    exit 1
+  fi
+fi
+PY=$("$PYTHON" -c "import sys; print(sys.executable)")  # absolute: have() runs from /
 
-have() { "$PY" -c "import $1" >/dev/null 2>&1; }
+have() { (cd / && "$PY" -c "import $1") >/dev/null 2>&1; }
 
 if ! have torch || ! have torchvision; then
   echo "[install] torch + torchvision"
   "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-fi
-
-D2_NEEDS="fvcore iopath pycocotools yacs termcolor tabulate cloudpickle tqdm tensorboard omegaconf hydra-core matplotlib Pillow opencv-python-headless"
-if ! have fvcore || ! have pycocotools || ! have omegaconf || ! have cv2 || ! have tensorboard || ! have matplotlib; then
-  echo "[install] Detectron2's pure-Python dependencies"
-  "$PY" -m pip install -q $D2_NEEDS
 fi
 
 if ! have detectron2; then
@@ -26,12 +28,9 @@ if ! have detectron2; then
       --target "$PURELIB" --upgrade sal-detectron2==0.7.2
 fi
 
-if ! have pytest || ! have hypothesis; then
-  "$PY" -m pip install -q pytest hypothesis
+# d2seg (editable) with its dependencies: Detectron2's pure-Python needs and d2seg's own (setup.py)
+if ! have d2seg || ! have fvcore || ! have pycocotools || ! have omegaconf || ! have cv2; then
+  echo "[install] d2seg (editable) and its dependencies"
+  "$PY" -m pip install -q -e .
 fi
-
-if ! (cd / && "$PY" -c "import d2seg") >/dev/null 2>&1; then
-  echo "[install] d2seg (editable)"
-  "$PY" -m pip install -q --no-deps --no-build-isolation -e .
-fi
-"$PY" -c "import torch, detectron2, d2seg; print('torch', torch.__version__, '| detectron2', detectron2.__version__, '| d2seg ready')"
+(cd / && "$PY" -c "import torch, detectron2, d2seg; print('torch', torch.__version__, '| detectron2', detectron2.__version__, '| d2seg ready')")

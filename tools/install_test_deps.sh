@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Test-only reference: MMSegmentation 0.30 on the pure-Python mmcv 1.7.2, for the parity tests
-# (tests/parity/*: d2seg against mmseg with the same weights). d2seg never imports them.
-# Idempotent: returns at once where both import. Recipe: shared/reference/mmseg_peer.md.
+# What the tests need, into the Python named by $PYTHON (as tools/install_deps.sh): d2seg's `test`
+# extra (pytest, hypothesis and the optional packages the tests import), then the test-only
+# reference: MMSegmentation 0.30 on the pure-Python mmcv 1.7.2, for the parity tests
+# (tests/parity/*: d2seg against mmseg with the same weights); d2seg never imports it.
+# Idempotent. Recipe: shared/reference/mmseg_peer.md.
 set -euo pipefail
-PY=${PYTHON:-python}
-# Cityscapes' official evaluation script, for its evaluator test (which skips without it).
-# --no-deps: its metadata asks for the obsolete `typing` backport.
-if ! "$PY" -c "import cityscapesscripts, appdirs, coloredlogs, pyquaternion" >/dev/null 2>&1; then
-  echo "[install] cityscapesscripts (test-only: Cityscapes' official evaluation)"
-  "$PY" -m pip install -q --no-deps cityscapesscripts==2.3.0 appdirs coloredlogs humanfriendly \
-      pyquaternion || echo "[install] cityscapesscripts unavailable: its test will be skipped"
+cd "$(dirname "$0")/.."
+if [ -z "${PYTHON:-}" ]; then
+  if [ -n "${VIRTUAL_ENV:-}" ]; then PYTHON="$VIRTUAL_ENV/bin/python"
+  else echo "error: set PYTHON=/path/to/python or run 'make test'" >&2; exit 1; fi
 fi
-if "$PY" -c "import mmseg, mmcv" >/dev/null 2>&1; then
+PY=$("$PYTHON" -c "import sys; print(sys.executable)")  # absolute: have() runs from /
+have() { (cd / && "$PY" -c "import $1") >/dev/null 2>&1; }
+
+if ! have pytest || ! have hypothesis || ! have scipy || ! have onnxruntime || ! have submitit \
+    || ! have cityscapesscripts || ! have onnxscript; then
+  echo "[install] d2seg's test extra (pip install -e '.[test]')"
+  "$PY" -m pip install -q -e ".[test]"
+fi
+if have mmseg && have mmcv; then
   exit 0
 fi
 echo "[install] mmsegmentation 0.30 + mmcv 1.7.2 (test-only reference for the parity tests)"

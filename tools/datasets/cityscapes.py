@@ -70,7 +70,7 @@ def main(argv=None):
     if method == "auto":
         method = "polygons" if has_scripts else "lut"
     if method == "polygons" and not has_scripts:
-        fail("--method polygons needs cityscapesscripts: `pip install cityscapesscripts`, or use "
+        fail("--method polygons needs cityscapesscripts: pip install 'd2seg[datasets]', or use "
              "--method lut (same labels, from the labelIds PNGs)")
     sources = sorted(glob.glob(os.path.join(gt_dir, "**", "*" + SUFFIX[method]), recursive=True))
     if not sources:
