@@ -149,3 +149,311 @@ def registered_under(root, *which):
         yield
     finally:
         reregister(datasets_root())
+
+
+# ---- mmseg's other datasets (issue 15): the official downloads in miniature -----------------
+# Each make_*_download writes what the dataset's site hands out (zips, .mat, .tif), for the
+# preparation tools of tools/datasets/ to convert into the layout d2seg registers.
+import io  # noqa: E402
+import zipfile  # noqa: E402
+
+from d2seg.data.datasets import (coco_stuff, dark_zurich, isaid, isprs, loveda,  # noqa: E402
+                                 nighttime_driving)
+
+
+def image_bytes(array, fmt="PNG"):
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def rgb(h=H, w=W, seed=0):
+    return _rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def color_label(ids, colors):
+    """An RGB label image painting class ids with their colours (an unknown id: magenta)."""
+    table = np.array(list(colors) + [[255, 0, 255]] * (256 - len(colors)), np.uint8)
+    return table[np.asarray(ids)]
+
+
+def write_zip(path, members):
+    """members: {name: bytes}."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def truncate(path, keep=0.5):
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: int(len(data) * keep)])
+
+
+# COCO-Stuff 10k: cocostuff-10k-v1.1.zip unpacked. S holds COCO ids (0 = unlabelled), including
+# 12, one of the 11 ids COCO-Stuff never uses, and stuff ids up to 182.
+COCO10K_TRAIN, COCO10K_TEST = ["COCO_train2014_000000000077", "COCO_train2014_000000000078"], \
+    ["COCO_train2014_000000000081"]
+
+
+def make_coco_stuff_10k_download(root):
+    from scipy.io import savemat
+
+    for i, stem in enumerate(COCO10K_TRAIN + COCO10K_TEST):
+        save_image(f"{root}/images/{stem}.jpg", seed=i)
+        os.makedirs(f"{root}/annotations", exist_ok=True)
+        savemat(f"{root}/annotations/{stem}.mat",
+                {"S": blocks([0, 1, 12, 13, 91 + i, 92, 182], dtype=np.uint16), "names": ["x"]})
+    write_lines(f"{root}/imageLists/train.txt", COCO10K_TRAIN)
+    write_lines(f"{root}/imageLists/test.txt", COCO10K_TEST)
+    return str(root)
+
+
+# COCO-Stuff 164k: COCO 2017 images + stuffthingmaps_trainval2017.zip (id-1, 255 = unlabelled).
+def make_coco_stuff_164k_download(root, n_train=2, n_val=1):
+    for sub, n in (("train2017", n_train), ("val2017", n_val)):
+        for i in range(n):
+            stem = f"{i + (0 if sub == 'train2017' else 100):012d}"
+            save_image(f"{root}/images/{sub}/{stem}.jpg", seed=i)
+            save_label(f"{root}/annotations/{sub}/{stem}.png", blocks([0, 11, 12, 91, 181, 255, i]))
+    return str(root)
+
+
+# LoveDA: Train.zip / Val.zip / Test.zip; masks 0 = no-data, 1..7.
+def make_loveda_download(root):
+    for split, names in (("Train", {"Rural": [0, 1], "Urban": [1366]}),
+                         ("Val", {"Rural": [2522], "Urban": [3514]}),
+                         ("Test", {"Rural": [4191], "Urban": [5000]})):
+        members = {}
+        for scene, ns in names.items():
+            for n in ns:
+                members[f"{split}/{scene}/images_png/{n}.png"] = image_bytes(rgb(seed=n))
+                if split != "Test":
+                    members[f"{split}/{scene}/masks_png/{n}.png"] = image_bytes(
+                        blocks([0, 1, 7, n % 7 + 1]))
+        write_zip(f"{root}/{split}.zip", members)
+    return str(root)
+
+
+# ISPRS: RGB tifs, labels coloured with the ISPRS palette plus two other colours: magenta
+# (-> 0) and (0, 170, 0), whose 2B + 3G + 4R equals blue's: mmseg's mapping makes it "building".
+ISPRS_HW = (40, 56)  # with clip 16 / stride 8: a grid with duplicate and border-aligned tiles
+
+
+def isprs_label(seed):
+    ids = blocks([0, 1, 2, 3, 4, 5, 6, 7, 8][seed % 2:], *ISPRS_HW)
+    lab = color_label(ids, [[0, 0, 0]] + isprs.ISPRS_COLORS + [[0, 170, 0]])
+    return lab
+
+
+def make_potsdam_download(root):
+    images, labels = {}, {}
+    for k, tile in enumerate(["2_10", "5_15"]):  # a train and a val tile
+        images[f"2_Ortho_RGB/top_potsdam_{tile}_RGB.tif"] = image_bytes(rgb(*ISPRS_HW, k), "TIFF")
+        labels[f"top_potsdam_{tile}_label_noBoundary.tif"] = image_bytes(isprs_label(k), "TIFF")
+    write_zip(f"{root}/2_Ortho_RGB.zip", images)
+    write_zip(f"{root}/5_Labels_all_noBoundary.zip", labels)
+    return str(root)
+
+
+def make_vaihingen_download(root):
+    images, labels = {}, {}
+    for k, area in enumerate(["area1", "area2"]):  # a train and a val area
+        images[f"top/top_mosaic_09cm_{area}.tif"] = image_bytes(rgb(*ISPRS_HW, k), "TIFF")
+        labels[f"top_mosaic_09cm_{area}_noBoundary.tif"] = image_bytes(isprs_label(k), "TIFF")
+    labels["top_mosaic_09cm_area9_noBoundary.tif"] = labels["top_mosaic_09cm_area1_noBoundary.tif"]
+    write_zip(f"{root}/ISPRS_semantic_labeling_Vaihingen.zip", images)
+    write_zip(f"{root}/ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE.zip", labels)
+    return str(root)
+
+
+# iSAID: {train,val,test}/images/part1.zip and {train,val}/Semantic_masks/images.zip. With
+# 16 x 16 patches and overlap 6, P0000 (20 x 30) gives overlapping border-aligned windows and
+# P0001 (10 x 12) is padded.
+ISAID_SIZES = {"P0000": (20, 30), "P0001": (10, 12), "P0002": (16, 40), "P0003": (12, 12)}
+ISAID_SPLITS = {"train": ["P0000", "P0001"], "val": ["P0002"], "test": ["P0003"]}
+
+
+def make_isaid_download(root):
+    for split, stems in ISAID_SPLITS.items():
+        images, masks = {}, {}
+        for k, stem in enumerate(stems):
+            h, w = ISAID_SIZES[stem]
+            images[f"images/{stem}.png"] = image_bytes(rgb(h, w, k))
+            ids = blocks([0, 1, 5, 15, 16, 9][k:], h, w)  # 16: not an iSAID colour (-> 0)
+            masks[f"images/{stem}_instance_color_RGB.png"] = image_bytes(
+                color_label(ids, isaid.ISAID_COLORS))
+        write_zip(f"{root}/{split}/images/part1.zip", images)
+        if split != "test":
+            write_zip(f"{root}/{split}/Semantic_masks/images.zip", masks)
+    return str(root)
+
+
+# Dark Zurich val and Nighttime Driving test: archives holding Cityscapes trainId labels.
+def make_dark_zurich_zip(path, frames=("000321", "000322")):
+    members = {}
+    for k, f in enumerate(frames):
+        stem = f"GOPR0356_frame_{f}"
+        members[f"rgb_anon/val/night/GOPR0356/{stem}_rgb_anon.png"] = image_bytes(rgb(seed=k))
+        members[f"rgb_anon/val/day/GOPR0356_ref/{stem}_ref_rgb_anon.png"] = image_bytes(rgb(seed=9))
+        gt = f"gt/val/night/GOPR0356/{stem}_gt_"
+        members[gt + "labelTrainIds.png"] = image_bytes(blocks([0, 10, 13, 255, 18][k:]))
+        members[gt + "labelIds.png"] = image_bytes(blocks([7, 23, 26, 0, 33][k:]))
+    return write_zip(str(path), members)
+
+
+def make_nighttime_driving_zip(path, frames=("0_frame_0001", "0_frame_0002")):
+    members = {}
+    for k, stem in enumerate(frames):
+        top = "NighttimeDrivingTest"
+        members[f"{top}/leftImg8bit/test/night/{stem}_leftImg8bit.png"] = image_bytes(rgb(seed=k))
+        gt = f"{top}/gtCoarse_daytime_trainvaltest/test/night/{stem}_gtCoarse_"
+        members[gt + "labelTrainIds.png"] = image_bytes(blocks([2, 8, 255, 11][k:]))
+        members[gt + "color.png"] = image_bytes(rgb(seed=5))
+    return write_zip(str(path), members)
+
+
+REGISTRATIONS.update({
+    "coco_stuff": (coco_stuff.register_coco_stuff,
+                   [f"coco_stuff_10k_sem_seg_{s}" for s in ("train", "test")]
+                   + [f"coco_stuff_164k_sem_seg_{s}" for s in ("train", "val")]),
+    "loveda": (loveda.register_loveda, [f"loveda_sem_seg_{s}" for s in ("train", "val")]),
+    "isprs": (isprs.register_isprs,
+              [f"{k}_sem_seg_{s}" for k in ("potsdam", "vaihingen") for s in ("train", "val")]),
+    "isaid": (isaid.register_isaid, [f"isaid_sem_seg_{s}" for s in ("train", "val")]),
+    "dark_zurich": (dark_zurich.register_dark_zurich, ["dark_zurich_sem_seg_val"]),
+    "nighttime_driving": (nighttime_driving.register_nighttime_driving,
+                          ["nighttime_driving_sem_seg_test"]),
+})
+
+
+# ---- checks shared by the tests of those datasets --------------------------------------------
+def load_tool(name):
+    """tools/datasets/<name>.py as a module."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+                        "datasets", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"prep_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_mmseg_converter(name):
+    """mmseg 0.30's tools/convert_datasets/<name>.py (shipped in its package under .mim), or
+    skip when mmseg is not installed."""
+    import importlib.util
+
+    import pytest
+
+    mmseg = pytest.importorskip("mmseg")
+    path = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "tools", "convert_datasets",
+                        f"{name}.py")
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is not installed")
+    spec = importlib.util.spec_from_file_location(f"mmseg_convert_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def files_under(root, suffix=".png"):
+    """{relative path: pixel array} of the files under root (hidden files left out)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for f in filenames:
+            if f.endswith(suffix) and not f.startswith("."):
+                path = os.path.join(dirpath, f)
+                with Image.open(path) as img:
+                    out[os.path.relpath(path, root)] = np.asarray(img)
+    return out
+
+
+def assert_same_files(ours, theirs, suffix=".png"):
+    """The same relative paths with the same pixels under both folders."""
+    a, b = files_under(ours, suffix), files_under(theirs, suffix)
+    assert sorted(a) == sorted(b)
+    assert a, f"no *{suffix} under {ours}"
+    for rel in a:
+        np.testing.assert_array_equal(a[rel], b[rel], err_msg=rel)
+    return a
+
+
+def check_metadata_equals_mmseg(name, mmseg_class, reduce_zero_label):
+    """stuff_classes / stuff_colors / reduce_zero_label of a registration against mmseg's
+    dataset class (and the value its config or class fixes); without mmseg, all but the
+    comparison with its class."""
+    meta = MetadataCatalog.get(name)
+    assert meta.ignore_label == 255 and meta.evaluator_type == "sem_seg"
+    assert meta.reduce_zero_label is reduce_zero_label
+    assert len(meta.stuff_classes) == len(meta.stuff_colors)
+    try:
+        from mmseg import datasets
+    except ImportError:
+        return
+    cls = getattr(datasets, mmseg_class)
+    assert meta.stuff_classes == list(cls.CLASSES)
+    assert meta.stuff_colors == [list(c) for c in cls.PALETTE]
+
+
+def run_check_dataset(name):
+    """tools/check_dataset.py NAME: (exit code, report)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+                        "check_dataset.py")
+    spec = importlib.util.spec_from_file_location("check_dataset_h5", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = module.main([name])
+    return code, out.getvalue()
+
+
+def evaluate_known_confusion(name):
+    """One pass of d2seg's SemSegEvaluator over dataset ``name`` with predictions made from
+    the ground truth (every other column shifted by one class): its confusion matrix must be
+    the one counted here, and its per-class IoU mmseg's ``mean_iou`` on the same files."""
+    import torch
+
+    from d2seg.evaluation import SemSegEvaluator
+
+    meta = MetadataCatalog.get(name)
+    n = len(meta.stuff_classes)
+    ev = SemSegEvaluator(name, distributed=False)
+    ev.reset()
+    expected = np.zeros((n + 1, n + 1), np.int64)
+    preds, raw_gts = [], []
+    for d in DatasetCatalog.get(name):
+        with Image.open(d["sem_seg_file_name"]) as img:
+            raw = np.asarray(img).astype(np.int64)
+        gt = raw.copy()
+        if meta.reduce_zero_label:  # mmseg: 0 -> ignore, k -> k-1
+            gt = np.where(raw == 0, 255, raw - 1)
+            gt[raw == 255] = 255
+        pred = np.where(gt == 255, 0, gt)
+        pred[:, ::2] = (pred[:, ::2] + 1) % n
+        logits = torch.nn.functional.one_hot(torch.from_numpy(pred), n).permute(2, 0, 1).float()
+        ev.process([{"file_name": d["file_name"]}], [{"sem_seg": logits}])
+        expected += np.bincount((n + 1) * pred.ravel() + np.where(gt == 255, n, gt).ravel(),
+                                minlength=(n + 1) ** 2).reshape(n + 1, n + 1)
+        preds.append(pred)
+        raw_gts.append(raw)
+    res = ev.evaluate()["sem_seg"]
+    np.testing.assert_array_equal(ev._conf_matrix, expected)
+    iou = np.array([res[f"IoU-{c}"] for c in meta.stuff_classes]) / 100
+    try:
+        from mmseg.core.evaluation import mean_iou
+    except ImportError:
+        return res
+    ref = mean_iou(preds, raw_gts, n, ignore_index=255, reduce_zero_label=meta.reduce_zero_label)
+    # mmseg: IoU of classes absent from the ground truth but predicted is 0, of classes absent
+    # from both NaN; d2seg's evaluator makes the same distinction
+    np.testing.assert_allclose(iou, ref["IoU"], rtol=1e-12, equal_nan=True)
+    return res

@@ -26,7 +26,7 @@ from collections import defaultdict
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import add_common_args, convert_all, fail, save_png, write_lines  # noqa: E402
+from _common import add_common_args, convert_all, fail, need, save_png, write_lines  # noqa: E402
 
 # mmseg's _mapping: the full-set category ids of background (0) and the 59 classes, sorted; the
 # k-th is class k of PascalContextDataset.
@@ -137,6 +137,7 @@ def main(argv=None):
     else:
         if not os.path.isdir(args.mat_dir):
             fail(f"{args.mat_dir!r} does not exist")
+        need("scipy.io", "tools/datasets/pascal_context.py --mat-dir")
         splits = {s: read_list(os.path.join(voc, "ImageSets", "Main", f"{s}.txt")) for s in ("train", "val")}
         items = sorted(splits["train"] + splits["val"])
         missing = [s for s in items if not os.path.isfile(os.path.join(args.mat_dir, s + ".mat"))]

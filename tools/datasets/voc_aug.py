@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import add_common_args, convert_all, fail, save_png, write_lines  # noqa: E402
+from _common import add_common_args, convert_all, fail, need, save_png, write_lines  # noqa: E402
 
 AUG_LEN = 10582
 
@@ -48,6 +48,7 @@ def main(argv=None):
                    help=f"accept lists other than the standard {AUG_LEN} images (subsets)")
     add_common_args(p)
     args = p.parse_args(argv)
+    need("scipy.io", "tools/datasets/voc_aug.py (SBD's .mat files)")
 
     voc = os.path.join(args.devkit_path, "VOC2012")
     sets = os.path.join(voc, "ImageSets", "Segmentation")
