@@ -53,5 +53,5 @@ setup(
     ],
     extras_require=EXTRAS,
     include_package_data=True,
-    package_data={"d2seg.model_zoo": get_model_zoo_configs()},
+    package_data={"d2seg.model_zoo": get_model_zoo_configs() + ["mmseg_checkpoints.json"]},
 )

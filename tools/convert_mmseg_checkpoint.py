@@ -3,6 +3,11 @@
 
     python tools/convert_mmseg_checkpoint.py SRC.pth DST.pth
     python tools/convert_mmseg_checkpoint.py SRC.pth DST.pth --config CONFIG.yaml [KEY VALUE ...]
+    python tools/convert_mmseg_checkpoint.py \
+        mmseg://pspnet/pspnet_r50-d8_512x1024_40k_cityscapes DST.pth
+
+SRC may be a name or URL (``mmseg://<method>/<config stem>``, ``https://...``): downloaded to the
+cache and verified first (docs/checkpoints.md).
 
 DST is ``{"model": state_dict with d2seg's names, "meta": {...}}``; ``MODEL.WEIGHTS DST`` loads it.
 With ``--config`` the d2seg model of that config is built and the converted keys are checked
@@ -13,6 +18,8 @@ method exits with status 1 naming the keys (DST is not written). Loading SRC dir
 import argparse
 import logging
 import sys
+
+from detectron2.utils.file_io import PathManager
 
 from d2seg.checkpoint import CheckpointMismatchError, convert_mmseg_checkpoint
 from d2seg.checkpoint.compat import group_keys
@@ -35,7 +42,7 @@ def build_model(config_file, opts):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("src", help="MMSegmentation checkpoint (.pth)")
+    parser.add_argument("src", help="MMSegmentation checkpoint (.pth, URL or mmseg:// name)")
     parser.add_argument("dst", help="where to write the d2seg checkpoint (.pth)")
     parser.add_argument("--config", help="d2seg config: check the keys against its model")
     parser.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
@@ -44,12 +51,13 @@ def main(argv=None) -> int:
 
     model = build_model(args.config, args.opts) if args.config else None
     try:
-        ckpt, report = convert_mmseg_checkpoint(args.src, args.dst, model=model)
+        src = PathManager.get_local_path(args.src) if "://" in args.src else args.src
+        ckpt, report = convert_mmseg_checkpoint(src, args.dst, model=model)
     except CheckpointMismatchError as e:
         print(f"ERROR: {e}\n{args.dst} not written.", file=sys.stderr)
         return 1
-    except (RuntimeError, FileNotFoundError) as e:
-        print(f"ERROR: {e}", file=sys.stderr)
+    except (RuntimeError, OSError, KeyError) as e:  # OSError: DownloadError, ChecksumError
+        print(f"ERROR: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     meta = ckpt["meta"]
     print(f"{args.src}: {len(ckpt['model'])} tensors"

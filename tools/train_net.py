@@ -4,7 +4,11 @@
     python tools/train_net.py --config-file configs/quickstart.yaml
     python tools/train_net.py --config-file CFG --num-gpus 8 [KEY VALUE ...]
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS model_final.pth
+    python tools/train_net.py --config-file configs/<method>/<stem>.yaml \
+        --eval-only MODEL.WEIGHTS mmseg://<method>/<stem>  # MMSegmentation's trained model
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS W TEST.AUG.ENABLED True
+
+MODEL.WEIGHTS: a path, an http(s):// URL or a name (mmseg://, open-mmlab://; docs/checkpoints.md).
 """
 import datetime
 import os
@@ -21,7 +25,8 @@ def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        SegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else ""  # checks mmseg's meta
+        SegCheckpointer(model, save_dir=cfg.OUTPUT_DIR, dataset=dataset).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         if cfg.TEST.AUG.ENABLED:  # mmseg's --aug-test: the augmented test only

@@ -13,6 +13,9 @@ formats d2seg users own.
   raises :class:`CheckpointMismatchError` naming the keys, never a half-loaded model; it logs
   how many tensors were loaded and which were skipped or kept as initialised.
 - A file that is not a checkpoint (truncated, another format) fails naming the file.
+- Paths may be names or URLs (``mmseg://``, ``open-mmlab://``, ``torchvision://``, ``https://``;
+  handlers.py); a downloaded mmseg checkpoint is converted once (converted_cache.py), and its
+  ``meta`` classes/palette are checked against ``dataset`` (metadata.py).
 """
 import os
 import tempfile
@@ -24,9 +27,9 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
 from .backbones import CLASSIFIER_KEYS, convert_backbone_state_dict, detect_backbone_format
 from .compat import CheckpointMismatchError, check_state_dict, group_keys
-from .convert import (
-    load_mmseg_checkpoint, looks_like_mmseg, read_checkpoint_file, unwrap_state_dict,
-)
+from .convert import is_mmseg_checkpoint, unwrap_state_dict  # noqa: F401  (re-exported)
+from .converted_cache import read_or_convert
+from .metadata import warn_if_metadata_differs
 
 __all__ = ["SegCheckpointer", "atomic_torch_save", "is_mmseg_checkpoint"]
 
@@ -57,24 +60,17 @@ def _atomic_write_text(text: str, path: str) -> None:
     os.replace(tmp, path)
 
 
-def is_mmseg_checkpoint(data) -> bool:
-    """A loaded object that is an MMSegmentation segmentor checkpoint."""
-    try:
-        sd, _, container = unwrap_state_dict(data)
-        return container != "model" and looks_like_mmseg(sd)
-    except RuntimeError:
-        return False
-
-
 class SegCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer, strict by default: a checkpoint that does not fit the model
     (another method, backbone, depth or class count) raises :class:`CheckpointMismatchError`
     naming the keys instead of loading what fits; ``strict=False`` restores Detectron2's
     warn-and-continue behaviour."""
 
-    def __init__(self, model, save_dir="", *, strict: bool = True, **kwargs):
+    def __init__(self, model, save_dir="", *, strict: bool = True, dataset: str = "", **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
+        # registered dataset whose stuff_classes/stuff_colors an mmseg checkpoint's meta must match
+        self.dataset = dataset
         self.last_report = None
         self._current_file = None
 
@@ -111,12 +107,13 @@ class SegCheckpointer(DetectionCheckpointer):
                 raise RuntimeError(f"{filename} holds no weights")
             data["__d2seg__"] = {"format": f"{data.get('__author__', 'Detectron2')} .pkl"}
             return data
-        data = read_checkpoint_file(filename)
+        # mmseg ("state_dict" or bare): converted, or read from the conversion cached next to
+        # a download (converted_cache.py)
+        converted, data = read_or_convert(filename)
+        if converted is not None:
+            warn_if_metadata_differs(converted["meta"], self.dataset, filename)
+            return {"model": converted["model"], "__d2seg__": {"format": "MMSegmentation"}}
         sd, _, container = unwrap_state_dict(data, filename)
-        if container != "model" and looks_like_mmseg(sd):  # mmseg: "state_dict" or bare
-            self.logger.info(f"{filename} is an MMSegmentation checkpoint: converting its keys")
-            ckpt = load_mmseg_checkpoint(data)
-            return {"model": ckpt["model"], "__d2seg__": {"format": "MMSegmentation"}}
         fmt = detect_backbone_format(sd)
         if fmt is not None:
             model, skipped, name = convert_backbone_state_dict(sd, fmt)

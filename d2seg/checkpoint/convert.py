@@ -21,6 +21,7 @@ __all__ = [
     "read_checkpoint_file",
     "unwrap_state_dict",
     "looks_like_mmseg",
+    "is_mmseg_checkpoint",
     "mmseg_layout",
     "load_mmseg_checkpoint",
     "convert_mmseg_checkpoint",
@@ -97,6 +98,15 @@ def looks_like_mmseg(sd: Dict[str, Any]) -> bool:
     )
 
 
+def is_mmseg_checkpoint(data) -> bool:
+    """A loaded object that is an MMSegmentation segmentor checkpoint."""
+    try:
+        sd, _, container = unwrap_state_dict(data)
+        return container != "model" and looks_like_mmseg(sd)
+    except RuntimeError:
+        return False
+
+
 def mmseg_layout(sd: Dict[str, Any]) -> Dict[str, bool]:
     """Which of convert_mmseg_state_dict's rules apply: ``is_cascade`` (OCRNet's
     ``decode_head.{0,1}``) and ``is_resnet`` (mmseg ResNet names; HRNet keeps its names)."""
@@ -113,12 +123,16 @@ def mmseg_layout(sd: Dict[str, Any]) -> Dict[str, bool]:
 def _meta_summary(meta: Dict) -> Dict[str, Any]:
     ds = meta.get("dataset_meta") or {}
     classes = meta.get("CLASSES") or ds.get("classes")
+    palette = meta.get("PALETTE")
+    palette = ds.get("palette") if palette is None else palette  # (may be a numpy array)
     version = meta.get("mmseg_version")
     if not version and meta.get("mmengine_version"):
         version = f"1.x (mmengine {meta['mmengine_version']})"
     out = {"mmseg_version": version}
     if classes is not None:
         out["classes"] = list(classes)
+    if palette is not None:
+        out["palette"] = [[int(c) for c in color] for color in palette]
     return {k: v for k, v in out.items() if v}
 
 

@@ -3,12 +3,16 @@
 ``setup.py`` links (or copies) the repository's ``configs/`` to ``d2seg/model_zoo/configs`` at
 build time, as Detectron2 does, so an installed d2seg carries them; in a source checkout where
 that link has not been made, the repository's ``configs/`` is used.
+
+``trained=True`` points ``MODEL.WEIGHTS`` at the checkpoint MMSegmentation 0.30 released for the
+config of the same name (``mmseg://<method>/<stem>``, resolved and verified when loaded; see
+docs/checkpoints.md), as Detectron2's ``model_zoo.get(name, trained=True)`` does.
 """
 import difflib
 import os
-from typing import List
+from typing import List, Optional
 
-__all__ = ["get_config", "get_config_file", "list_configs"]
+__all__ = ["get", "get_checkpoint_url", "get_config", "get_config_file", "list_configs"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -61,13 +65,56 @@ def get_config_file(config_path: str) -> str:
     )
 
 
-def get_config(config_path: str):
-    """A Detectron2 CfgNode with d2seg's keys and the shipped config merged in (not frozen)."""
+def _zoo_name(config_path: str) -> str:
+    name = config_path.replace("\\", "/").lstrip("/")
+    return name[:-len(".yaml")] if name.endswith(".yaml") else name
+
+
+def get_checkpoint_url(config_path: str) -> str:
+    """The URL of the checkpoint MMSegmentation 0.30 released for a config, e.g.
+    ``get_checkpoint_url("pspnet/pspnet_r50-d8_512x1024_40k_cityscapes")``. The canonical
+    ``download.openmmlab.com`` address: ``D2SEG_MIRROR`` is applied when it is downloaded.
+    Raises KeyError for a config without a released checkpoint."""
+    from ..checkpoint.catalog import mmseg_checkpoint_url
+
+    return mmseg_checkpoint_url(_zoo_name(config_path))
+
+
+def get_config(config_path: str, trained: bool = False):
+    """A Detectron2 CfgNode with d2seg's keys and the shipped config merged in (not frozen).
+    ``trained``: ``MODEL.WEIGHTS`` = MMSegmentation's trained checkpoint for this config
+    (``mmseg://<method>/<stem>``); otherwise the config's own (ImageNet backbone) weights."""
     from detectron2.config import get_cfg
 
     from ..config import add_d2seg_config
 
+    if trained:
+        get_checkpoint_url(config_path)  # fails now, naming the config, if mmseg released none
     cfg = get_cfg()
     add_d2seg_config(cfg)
     cfg.merge_from_file(get_config_file(config_path))
+    if trained:
+        cfg.MODEL.WEIGHTS = "mmseg://" + _zoo_name(config_path)
     return cfg
+
+
+def get(config_path: str, trained: bool = False, device: Optional[str] = None):
+    """The model of a shipped config with its weights loaded, in eval mode:
+    ``get("pspnet/pspnet_r50-d8_512x1024_40k_cityscapes", trained=True)``.
+
+    Args:
+        trained: load MMSegmentation's trained checkpoint (downloaded once, verified, converted
+            once); otherwise the config's ``MODEL.WEIGHTS`` (ImageNet backbone weights, if any).
+        device: "cpu", "cuda", ...; default: "cuda" when available, else "cpu".
+    """
+    import torch
+    from detectron2.modeling import build_model
+
+    from ..checkpoint import SegCheckpointer
+
+    cfg = get_config(config_path, trained)
+    cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(cfg)
+    dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else ""
+    SegCheckpointer(model, dataset=dataset).load(cfg.MODEL.WEIGHTS)
+    return model.eval()
