@@ -76,7 +76,7 @@ def test_train_outputs_are_aligned_and_well_formed(tmp_path):
     for _ in range(25):
         out = mapper(d)
         img, seg = out["image"], out["sem_seg"]
-        assert img.dtype == torch.float32 and img.shape[0] == 3
+        assert img.dtype == torch.uint8 and img.shape[0] == 3
         assert 0 <= img.min() <= img.max() <= 255
         assert seg.dtype == torch.int64 and seg.shape == img.shape[1:]
         assert seg.shape[0] <= 40 and seg.shape[1] <= 48  # unpadded crop
@@ -139,7 +139,7 @@ def test_test_mode_resizes_without_crop(tmp_path):
     out = SemSegDatasetMapper(cfg_for(["INPUT.TEST_IMG_SCALE", []]), is_train=False)(
         {"file_name": d["file_name"]})
     assert out["image"].shape == (3, 30, 40) and "sem_seg" not in out
-    torch.testing.assert_close(out["image"][:, 0, 0], torch.tensor(PALETTE[label[0, 0]]).float())
+    torch.testing.assert_close(out["image"][:, 0, 0].float(), torch.tensor(PALETTE[label[0, 0]]).float())
 
 
 def test_rgb_and_bgr_formats(tmp_path):

@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 
 from common import REPO_CONFIGS, get_d2seg_cfg, random_batch, tiny_cfg
 from d2seg.modeling.fuse import fold_bn_into_conv, fuse_conv_bn, is_batch_norm
-from d2seg.modeling.layers.winograd import (
+from d2seg.cpu_kernels.winograd import (
     WinogradConv2d, WinogradPlainConv2d, convert_to_winograd, winograd_conv2d, winograd_matrices,
 )
 from d2seg.modeling.speed import SpeedOptions, optimize_for_inference
@@ -155,7 +155,7 @@ def test_winograd_conv_forward_backward_exact(m, n, c, co, h, w, d):
 def test_tap_conv3x3_forward_backward_exact(h, w, d):
     """The padding-skipping dilated conv (ASPP's dilations) and its gradients equal
     F.conv2d's, also where a tap reads only padding (d >= h) and on a non-contiguous input."""
-    from d2seg.modeling.layers.tap_conv import tap_conv3x3, tap_conv_saving
+    from d2seg.cpu_kernels.tap_conv import tap_conv3x3, tap_conv_saving
 
     g = torch.Generator().manual_seed(d)
     x = torch.randn(2, 8, w, h, generator=g).transpose(2, 3).requires_grad_()
@@ -240,7 +240,7 @@ def test_fold_projections_training_matches_plain():
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
 @pytest.mark.parametrize("n", [1, 2])
 def test_pointwise_gemm_conv_forward_backward_exact(layout, n):
-    from d2seg.modeling.layers.pointwise import pointwise_conv2d
+    from d2seg.cpu_kernels.pointwise import pointwise_conv2d
 
     x = torch.randn(n, 12, 5, 8, dtype=torch.float64)
     if layout == "channels_last":
@@ -260,7 +260,7 @@ def test_pointwise_gemm_conv_forward_backward_exact(layout, n):
 
 
 def test_convert_pointwise_to_gemm_keeps_keys_and_outputs():
-    from d2seg.modeling.layers.pointwise import (
+    from d2seg.cpu_kernels.pointwise import (
         PointwiseGemmConv2d, PointwiseGemmPlainConv2d, convert_pointwise_to_gemm,
     )
 
@@ -281,19 +281,27 @@ def test_convert_pointwise_to_gemm_keeps_keys_and_outputs():
 
 
 def _with_and_without_speed(cfg, inputs):
-    """(model built from ``cfg``, its output, the output of a copy with no MODEL.SPEED option)."""
+    """(model built from ``cfg``, its output, the output of the same weights built with no
+    MODEL.SPEED option and no autocast)."""
     model = build_model(cfg).eval()
-    plain = copy.deepcopy(model)
-    plain.speed = SpeedOptions()
+    plain_cfg = cfg.clone()
+    plain_cfg.MODEL.SPEED = get_d2seg_cfg().MODEL.SPEED
+    plain_cfg.SOLVER.AMP.ENABLED = False
+    plain = build_model(plain_cfg).eval()
+    plain.load_state_dict(model.state_dict())
+    assert plain.speed == SpeedOptions()
     with torch.no_grad():
         got = model(inputs)[0]["sem_seg"]
         expected = plain(inputs)[0]["sem_seg"]
     return model, got, expected
 
 
-def test_speed_config_applied_on_first_forward():
+def test_speed_config_applied_at_build():
     cfg = tiny_cfg(width=64, opts=["MODEL.SEM_SEG_HEAD.CONVS_DIM", 128,
                                    "MODEL.SPEED.WINOGRAD", "F4", "MODEL.SPEED.CHANNELS_LAST", True])
+    built = build_model(cfg)  # before any forward (and before DDP would wrap it)
+    assert any(isinstance(m, WinogradConv2d) for m in built.modules())
+    assert built.decode_head.conv_seg.weight.is_contiguous(memory_format=torch.channels_last)
     model, got, expected = _with_and_without_speed(cfg, random_batch(1, 64, 96))
     assert any(isinstance(m, WinogradConv2d) for m in model.modules())
     assert model.decode_head.conv_seg.weight.is_contiguous(memory_format=torch.channels_last)
@@ -342,7 +350,7 @@ def test_compile_option_wraps_forward_keeps_keys(monkeypatch):
 
 
 def test_inference_autocast_bf16():
-    cfg = tiny_cfg(opts=["MODEL.SPEED.AMP_DTYPE", "bfloat16"])
+    cfg = tiny_cfg(opts=["SOLVER.AMP.ENABLED", True, "SOLVER.AMP.DTYPE", "bfloat16"])
     _, got, expected = _with_and_without_speed(cfg, random_batch(1, 64, 64))
     assert got.dtype == torch.float32
     assert (got - expected).abs().max() < 0.05 * max(1.0, expected.abs().max().item())

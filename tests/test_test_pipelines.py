@@ -62,4 +62,4 @@ def test_test_resize_keeps_ratio_and_reports_original_size(tmp_path, rel, hw, ex
     out = SemSegDatasetMapper(cfg, is_train=False)({"file_name": path})
     assert tuple(out["image"].shape[-2:]) == expected
     assert (out["height"], out["width"]) == hw  # the model returns logits at this size
-    assert out["image"].dtype == torch.float32
+    assert out["image"].dtype == torch.uint8

@@ -16,8 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from d2seg.modeling.layers.pointwise import pointwise_conv2d
-from d2seg.modeling.layers.tap_conv import row_split_conv3x3, tap_conv3x3
+from d2seg.cpu_kernels.pointwise import pointwise_conv2d
+from d2seg.cpu_kernels.tap_conv import row_split_conv3x3, tap_conv3x3
 
 POINTWISE = [(1024, 256, 64, 128), (256, 1024, 64, 128), (2048, 512, 64, 128),
              (512, 2048, 64, 128), (256, 64, 128, 256), (64, 256, 128, 256)]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU figures of docs/benchmark.md (one short run, ~5-8 minutes on one recent GPU):
+# GPU figures of docs/benchmark.md (one short run, ~5-8 minutes on one recent GPU), after the
+# GPU path checks (OUT_DIR/gpu_path.txt). Not run yet: no GPU was lent to the session that wrote it.
 # FCN, PSPNet, DeepLabV3+ (R-50-D8) and OCRNet (HRNet-W18), Cityscapes 512x1024 configs:
 #   - inference ms/img at 512x1024 (forward + resize + argmax + copy to host), 200 images after
 #     5 warm-up, fp32 and AMP fp16 (autocast), cudnn.benchmark off (as MMSegmentation's table);
@@ -15,6 +16,51 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python}
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no GPU visible')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" || true
+
+# GPU path checks first (seconds): uint8 images normalised on the GPU, DANet under fp16 autocast
+# at 512x1024 (finite logits: fp32 attention), multi-scale + flip TTA on the GPU, one AMP step
+"$PY" - > "$OUT/gpu_path.txt" 2>&1 <<'PYEOF' || echo "GPU path checks FAILED: see $OUT/gpu_path.txt"
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+import d2seg
+from d2seg.engine import Trainer
+from d2seg.engine.amp import SegAMPTrainer
+from d2seg.modeling import SemanticSegmentorWithTTA
+
+cfg = get_cfg()
+d2seg.add_d2seg_config(cfg)
+cfg.merge_from_file("configs/_base_/models/danet_r50-d8.yaml")
+cfg.merge_from_list(["MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.DTYPE",
+                     "float16", "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
+                     "MODEL.AUX_HEAD.NORM", "BN", "TEST.AUG.RATIOS", [0.5, 1.0],
+                     "TEST.AUG.FLIP", True, "INPUT.TEST_IMG_SCALE", [1024, 512]])
+model = build_model(cfg).eval()
+img = torch.randint(0, 256, (3, 512, 1024), dtype=torch.uint8).pin_memory()
+mean, std = model.pixel_mean.cpu(), model.pixel_std.cpu()
+print("uint8 normalised on the GPU == on the CPU:",
+      torch.equal(model.normalize(img).cpu(), (img.float() - mean) / std))
+with torch.no_grad():
+    logits = model([{"image": img}])[0]["sem_seg"]
+    tta = SemanticSegmentorWithTTA(cfg, model)
+    probs = tta([{"image": img, "height": 512, "width": 1024}])[0]["sem_seg"]
+print("DANet fp16 logits finite:", bool(torch.isfinite(logits).all()), tuple(logits.shape))
+print("TTA probabilities finite:", bool(torch.isfinite(probs).all()),
+      "mean sum over classes:", float(probs.sum(0).mean()))
+model.train()
+batch = [{"image": torch.randint(0, 256, (3, 512, 512), dtype=torch.uint8).pin_memory(),
+          "sem_seg": torch.randint(0, 19, (512, 512)).pin_memory()} for _ in range(2)]
+step = SegAMPTrainer(model, iter(lambda: batch, None), Trainer.build_optimizer(cfg, model),
+                     log_grad_scaler=True)
+with EventStorage() as storage:
+    step.storage = storage
+    step.run_step()
+    print("AMP step total_loss:", storage.history("total_loss").latest(),
+          "grad scale:", storage.history("[metric]grad_scaler").latest())
+assert torch.isfinite(logits).all() and torch.isfinite(probs).all()
+PYEOF
+cat "$OUT/gpu_path.txt"
 
 CONFIGS=(
   configs/fcn/fcn_r50-d8_512x1024_40k_cityscapes.yaml

@@ -23,6 +23,8 @@ import torch.utils.data as torchdata
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.utils import comm
 
+from .worker_threads import limit_threads_in_worker
+
 __all__ = ["ResumableTrainingSampler", "PositionSeededDataset", "build_resumable_train_loader",
            "position_seed", "set_start_iter"]
 
@@ -74,6 +76,7 @@ class PositionSeededDataset(torchdata.Dataset):
         return len(self.dicts)
 
     def __getitem__(self, key):
+        limit_threads_in_worker()  # once per worker: cv2 / OpenMP on one thread (mmseg does too)
         idx, pos = key
         s = position_seed(self.seed, pos)
         np_state, py_state = np.random.get_state(), random.getstate()
@@ -108,6 +111,8 @@ def build_resumable_train_loader(cfg, mapper, seed: Optional[int] = None):
         PositionSeededDataset(dicts, mapper, seed), mapper=None, sampler=sampler,
         total_batch_size=cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+        # page-locked batches: the model's .to(device, non_blocking=True) then overlaps the copy
+        pin_memory=cfg.MODEL.DEVICE.startswith("cuda"),
         seed=seed,  # the DataLoader's own generator: creating its iterator must not draw from
     )               # torch's global RNG (that would shift dropout masks after a resume)
     loader.d2seg_sampler = sampler

@@ -1,7 +1,8 @@
 """Mixed-precision training step on any device, in float16 or bfloat16.
 
 Detectron2's ``AMPTrainer`` asserts CUDA and always autocasts through ``torch.cuda.amp``;
-``SegAMPTrainer`` is the same step with ``torch.autocast(device_type)`` and ``SOLVER.AMP.DTYPE``.
+``SegAMPTrainer`` is the same step with ``torch.autocast(device_type)`` and ``SOLVER.AMP.DTYPE``
+(the dtype inference autocasts in too: d2seg.modeling.speed.amp_dtype_from_config).
 bfloat16 has float32's exponent range, so it needs no loss scaling: its grad scaler is disabled.
 """
 import time
@@ -9,8 +10,9 @@ import time
 import torch
 
 from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.utils.events import get_event_storage
 
-from ..modeling.speed import parse_dtype
+from ..modeling.speed import amp_dtype_from_config, parse_dtype
 
 __all__ = ["SegAMPTrainer", "build_step_trainer"]
 
@@ -53,6 +55,8 @@ class SegAMPTrainer(AMPTrainer):
         if not self.zero_grad_before_forward:
             self.optimizer.zero_grad()
         self.grad_scaler.scale(losses).backward()
+        if self.log_grad_scaler:  # as Detectron2's AMPTrainer
+            get_event_storage().put_scalar("[metric]grad_scaler", self.grad_scaler.get_scale())
         self.after_backward()
         if self.async_write_metrics:
             self.concurrent_executor.submit(self._write_metrics, loss_dict, data_time,
@@ -65,9 +69,7 @@ class SegAMPTrainer(AMPTrainer):
 
 def build_step_trainer(cfg, model, data_loader, optimizer):
     """``SegAMPTrainer`` (SOLVER.AMP.ENABLED, dtype SOLVER.AMP.DTYPE) or ``SimpleTrainer``."""
-    if cfg.SOLVER.AMP.ENABLED:
-        dtype = parse_dtype(cfg.SOLVER.AMP.DTYPE)
-        if dtype is None:
-            raise ValueError("SOLVER.AMP.ENABLED needs SOLVER.AMP.DTYPE float16 or bfloat16")
-        return SegAMPTrainer(model, data_loader, optimizer, precision=dtype)
+    amp_dtype = amp_dtype_from_config(cfg)
+    if amp_dtype:
+        return SegAMPTrainer(model, data_loader, optimizer, precision=parse_dtype(amp_dtype))
     return SimpleTrainer(model, data_loader, optimizer)

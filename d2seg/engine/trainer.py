@@ -20,9 +20,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import SegCheckpointer
+from ..checkpoint.catalog import from_scratch_warning
 from ..config import add_d2seg_config
 from ..data.mappers import SemSegDatasetMapper
 from ..data.resumable import build_resumable_train_loader, data_seed, set_start_iter
+from ..data.worker_threads import rank_thread_count
 from ..evaluation import build_evaluator
 from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
 from ..solver import build_lr_scheduler
@@ -98,6 +100,20 @@ def cpu_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def pin_on_cuda(cfg, loader):
+    """Page-locked batches when the model is on a GPU (Detectron2's test loader takes no
+    ``pin_memory``; the attribute is read when iteration starts)."""
+    loader.pin_memory = cfg.MODEL.DEVICE.startswith("cuda")
+    return loader
+
+
+def share_cpu_threads() -> None:
+    """Each of the processes on this machine gets its share of the cores (OMP_NUM_THREADS when
+    set), not all of them: 8 ranks x all cores oversubscribe the CPU."""
+    if comm.get_local_size() > 1:
+        torch.set_num_threads(rank_thread_count(comm.get_local_size()))
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer whose __init__ differs in two places: DDP also wraps CPU models (gloo; Detectron2
     passes a GPU device id), and checkpoints go through the crash-safe, mmseg-aware SegCheckpointer."""
@@ -107,7 +123,8 @@ class Trainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
+        share_cpu_threads()
+        model = self.build_model(cfg)  # MODEL.SPEED applied in here, before DDP wraps it
         optimizer = self.build_optimizer(cfg, model)
         # remembers the last batch, so a NaN loss or an OOM names its files and shapes
         data_loader = RecordingLoader(self.build_train_loader(cfg))
@@ -116,7 +133,11 @@ class Trainer(DefaultTrainer):
         # SOLVER.AMP: autocast in SOLVER.AMP.DTYPE on CPU or GPU (Detectron2's AMPTrainer is CUDA-only)
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = SegCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # dataset: an mmseg checkpoint's meta.CLASSES/PALETTE are checked against its metadata
+        self.checkpointer = SegCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+            dataset=(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST) + [""])[0],
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -130,6 +151,11 @@ class Trainer(DefaultTrainer):
         return model
 
     def resume_or_load(self, resume=True):
+        if not (resume and self.checkpointer.has_checkpoint()):
+            # MODEL.WEIGHTS "" where mmseg starts from ImageNet: say what mmseg would have loaded
+            msg = from_scratch_warning(self.cfg)
+            if msg:
+                logger.warning(msg)
         super().resume_or_load(resume=resume)
         # the data stream continues at the resumed iteration (docs/reliability.md)
         set_start_iter(self._trainer.data_loader, self.start_iter)
@@ -152,7 +178,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         mapper = SemSegDatasetMapper(cfg, is_train=False, dataset_names=[dataset_name])
-        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        return pin_on_cuda(cfg, build_detection_test_loader(cfg, dataset_name, mapper=mapper))
 
     @classmethod
     def build_tta_test_loader(cls, cfg, dataset_name):
@@ -160,7 +186,7 @@ class Trainer(DefaultTrainer):
         mapper = SemSegDatasetMapper(
             cfg, is_train=False, dataset_names=[dataset_name], augmentations=[]
         )
-        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        return pin_on_cuda(cfg, build_detection_test_loader(cfg, dataset_name, mapper=mapper))
 
     @classmethod
     def test_with_TTA(cls, cfg, model):

@@ -57,6 +57,13 @@ def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.Module) -> None:
     conv.bias = nn.Parameter((bias - mean) * scale + beta, requires_grad=w.requires_grad)
 
 
+def _is_plain_conv(m: nn.Module) -> bool:
+    """A conv with nothing after it in its own forward: ``nn.Conv2d`` or a subclass (the CPU
+    kernels' class swaps), or a Detectron2 ``Conv2d`` without norm and activation."""
+    return isinstance(m, nn.Conv2d) and (getattr(m, "norm", None) is None
+                                         and getattr(m, "activation", None) is None)
+
+
 def _inplace_relu(activation):
     return F.relu_ if activation in (F.relu, torch.relu) else activation
 
@@ -77,14 +84,13 @@ def fuse_conv_bn(model: nn.Module, inplace_relu: bool = True) -> nn.Module:
         if isinstance(module, nn.Sequential):
             children = list(module._modules.items())
             for (_, a), (name_b, b) in zip(children, children[1:]):
-                if (type(a) is nn.Conv2d or (isinstance(a, Conv2d) and a.norm is None
-                                             and a.activation is None)) and is_batch_norm(b):
+                if _is_plain_conv(a) and is_batch_norm(b):
                     fold_bn_into_conv(a, b)
                     module._modules[name_b] = nn.Identity()
         # 3. conv{k} / bn{k} attribute pairs
         for name, child in list(module._modules.items()):
             match = re.fullmatch(r"conv(\d+)", name)
-            if match is None or type(child) is not nn.Conv2d:
+            if match is None or not _is_plain_conv(child):
                 continue
             bn = module._modules.get(f"bn{match.group(1)}")
             if is_batch_norm(bn):

@@ -1,21 +1,23 @@
 """Speed options of a model (config node ``MODEL.SPEED``), applied without touching its maths.
 
-- ``WINOGRAD``: 3x3 stride-1 convs of >= 256 channels by Winograd F(2x2,3x3) ("F2", rounding
-  like the direct conv) or F(4x4,3x3) ("F4"), CPU fp32 only (d2seg/modeling/layers/winograd.py);
-- ``GEMM_1X1``: 1x1 convs as plain GEMMs over the activations' own memory, CPU
-  (d2seg/modeling/layers/pointwise.py);
+- ``WINOGRAD`` / ``GEMM_1X1``: faster CPU convolutions (Winograd F(2x2,3x3) "F2" / F(4x4,3x3)
+  "F4"; 1x1 convs as GEMMs), CPU fp32 only: :mod:`d2seg.cpu_kernels`;
 - ``CHANNELS_LAST``: NHWC weights (activations follow);
 - ``FUSED_ATTENTION``: ``scaled_dot_product_attention`` in NonLocal / ANN / DANet-PAM / OCR;
 - ``FOLD_PROJECTIONS``: a linear 1x1 projection composed into the 1x1 conv that follows it
   (ANN's attention ``out_project`` into its fusion ``bottleneck``: a 2048 x 256 GEMM for a
   2048 x 2048 one); modules that can do it have a ``fold_projections`` attribute;
 - ``COMPILE``: ``torch.compile`` of the backbone's and every head's forward;
-- ``AMP_DTYPE``: inference under ``torch.autocast`` (bfloat16 / float16);
 - ``FUSE_BN``: BN folded into convs by :func:`optimize_for_inference` (inference only).
 
-The build-time options are applied by the meta-architecture on its first forward (so that a
-cascade's extra heads are included) or by :func:`optimize_for_inference`. State-dict keys never
-change: Winograd swaps classes, compile wraps bound ``forward`` methods.
+Inference autocast (``amp_dtype``) comes from ``SOLVER.AMP`` (``ENABLED`` + ``DTYPE``): one dtype
+key for training and inference, as mmseg's fp16 configs run both in fp16.
+
+The options are a build step: the meta-architecture applies them at the end of its constructor,
+before ``build_model`` returns (so before DDP builds its buckets over the parameters' strides, or
+``torch.compile`` traces), or :func:`optimize_for_inference` applies them to a built model.
+``forward`` never swaps a class. State-dict keys never change: the CPU kernels swap classes,
+compile wraps bound ``forward`` methods. Applying is idempotent.
 """
 import contextlib
 import logging
@@ -24,18 +26,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..cpu_kernels import WINOGRAD_TILES, convert_to_cpu_kernels
 from .fuse import fuse_conv_bn
 from .layers.non_local import NonLocal2d
 from .layers.self_attention import SelfAttentionBlock
-from .layers.pointwise import convert_pointwise_to_gemm
-from .layers.winograd import convert_to_winograd
 
-__all__ = ["SpeedOptions", "optimize_for_inference", "autocast_context"]
+__all__ = ["SpeedOptions", "optimize_for_inference", "autocast_context", "amp_dtype_from_config"]
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"": None, "float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_WINOGRAD = {"": 0, "F2": 2, "F4": 4}
 
 
 def parse_dtype(name: str):
@@ -44,44 +44,47 @@ def parse_dtype(name: str):
     return _DTYPES[name]
 
 
+def amp_dtype_from_config(cfg) -> str:
+    """The autocast dtype name of ``cfg`` ("" = no autocast): SOLVER.AMP.DTYPE when
+    SOLVER.AMP.ENABLED."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return ""
+    if parse_dtype(cfg.SOLVER.AMP.DTYPE) is None:
+        raise ValueError(f"SOLVER.AMP.ENABLED needs SOLVER.AMP.DTYPE float16 or bfloat16, got "
+                         f"{cfg.SOLVER.AMP.DTYPE!r}")
+    return cfg.SOLVER.AMP.DTYPE
+
+
 @dataclass
 class SpeedOptions:
     winograd: str = ""
     channels_last: bool = False
     compile: bool = False
-    amp_dtype: str = ""
+    amp_dtype: str = ""  # inference autocast; from SOLVER.AMP in from_config
     fuse_bn: bool = True
     fused_attention: bool = False
     gemm_1x1: bool = False
     fold_projections: bool = False
 
     def __post_init__(self):
-        if self.winograd not in _WINOGRAD:
+        if self.winograd not in WINOGRAD_TILES:
             raise ValueError(f"MODEL.SPEED.WINOGRAD={self.winograd!r} is not one of "
-                             f"{sorted(_WINOGRAD)}")
+                             f"{sorted(WINOGRAD_TILES)}")
         parse_dtype(self.amp_dtype)
 
     @classmethod
     def from_config(cls, cfg) -> "SpeedOptions":
         s = cfg.MODEL.SPEED
         return cls(winograd=s.WINOGRAD, channels_last=s.CHANNELS_LAST, compile=s.COMPILE,
-                   amp_dtype=s.AMP_DTYPE, fuse_bn=s.FUSE_BN, fused_attention=s.FUSED_ATTENTION,
-                   gemm_1x1=s.GEMM_1X1, fold_projections=s.FOLD_PROJECTIONS)
-
-    @property
-    def is_default(self) -> bool:
-        return not (self.winograd or self.channels_last or self.compile or self.fused_attention
-                    or self.gemm_1x1 or self.fold_projections)
+                   amp_dtype=amp_dtype_from_config(cfg), fuse_bn=s.FUSE_BN,
+                   fused_attention=s.FUSED_ATTENTION, gemm_1x1=s.GEMM_1X1,
+                   fold_projections=s.FOLD_PROJECTIONS)
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Winograd, 1x1 GEMMs, fused attention, channels_last and compile, in place
-        (idempotent)."""
-        if getattr(model, "_d2seg_speed_applied", False):
-            return model
-        if self.winograd:
-            convert_to_winograd(model, _WINOGRAD[self.winograd])
-        if self.gemm_1x1:
-            convert_pointwise_to_gemm(model)
+        """CPU kernels, fused attention, folded projections, channels_last and compile, in place
+        (idempotent: what is already applied is left as it is). Call it before wrapping the
+        model in DDP or ``torch.compile``."""
+        convert_to_cpu_kernels(model, self.winograd, self.gemm_1x1)
         if self.fused_attention:
             for m in model.modules():
                 if isinstance(m, (SelfAttentionBlock, NonLocal2d)):
@@ -98,7 +101,6 @@ class SpeedOptions:
                 _compile_forward(getattr(model, name, None))
             for head in getattr(model, "auxiliary_heads", ()):
                 _compile_forward(head)
-        model._d2seg_speed_applied = True
         return model
 
 
@@ -119,13 +121,15 @@ _NCHW_CLASSES = {}
 def keep_dilated_depthwise_nchw(model: nn.Module) -> nn.Module:
     """Makes dilated depthwise convs of a channels-last ``model`` compute in NCHW (in place)."""
     for m in model.modules():
-        if (isinstance(m, nn.Conv2d) and not isinstance(m, _NCHWInputMixin) and m.groups > 1
-                and m.groups == m.in_channels and max(m.dilation) > 1):
+        if (isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+                and max(m.dilation) > 1):
             cls = type(m)
-            if cls not in _NCHW_CLASSES:
-                _NCHW_CLASSES[cls] = type(f"NCHW{cls.__name__}", (_NCHWInputMixin, cls), {})
-            m.__class__ = _NCHW_CLASSES[cls]
-            m.weight.data = m.weight.data.clone(memory_format=torch.contiguous_format)
+            if not isinstance(m, _NCHWInputMixin):
+                if cls not in _NCHW_CLASSES:
+                    _NCHW_CLASSES[cls] = type(f"NCHW{cls.__name__}", (_NCHWInputMixin, cls), {})
+                m.__class__ = _NCHW_CLASSES[cls]
+            if not m.weight.is_contiguous():  # again after a second model.to(channels_last)
+                m.weight.data = m.weight.data.contiguous()
     return model
 
 
@@ -147,6 +151,9 @@ def optimize_for_inference(model: nn.Module, options: SpeedOptions = None) -> nn
     """Eval mode, BN folded into convs (``options.fuse_bn``), then the build-time options; in
     place. The model then gives the unfused model's outputs within float rounding (F4 Winograd:
     relative ~1e-6), and must not be trained any more."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise TypeError("optimize_for_inference needs the model itself, not its DDP wrapper "
+                        "(model.module): it changes parameters DDP has registered")
     options = options or getattr(model, "speed", None) or SpeedOptions()
     model.eval()
     if options.fuse_bn:

@@ -15,8 +15,10 @@ class SemanticSegmentorWithTTA(nn.Module):
     """Wraps a segmentor (EncoderDecoder or a subclass) for test-time augmentation, like
     Mask2Former's ``SemanticSegmentorWithTTA``.
 
-    Each input's views come from ``tta_mapper`` (default: :class:`SemSegTTAMapper` from
-    ``INPUT.TEST_IMG_SCALE`` x ``TEST.AUG.RATIOS``, flipped when ``TEST.AUG.FLIP``). Every view
+    Each input's views come from ``tta_mapper`` (its ``resized_images`` and ``flips``; default:
+    :class:`SemSegTTAMapper` from ``INPUT.TEST_IMG_SCALE`` x ``TEST.AUG.RATIOS``, flipped when
+    ``TEST.AUG.FLIP``): each scale is resized on the host, moved to the model's device once and
+    flipped there. Every view
     is inferred in the model's test mode (whole / slide), its logits resized to the original
     size, turned into probabilities (softmax), un-flipped, and the probabilities are averaged
     over the views (mmseg's ``EncoderDecoder.inference`` + ``aug_test``). Returns
@@ -37,12 +39,20 @@ class SemanticSegmentorWithTTA(nn.Module):
 
     @torch.no_grad()
     def _inference_one(self, inp: Dict) -> Dict:
-        views = self.tta_mapper(inp)
-        probs = None
-        for view in views:  # one at a time (sizes differ; mmseg sums in place to save memory)
-            logits = self.model([view])[0]["sem_seg"]
-            p = F.softmax(logits, dim=0)
-            if view["flip"]:
-                p = p.flip(dims=(2,))
-            probs = p if probs is None else probs.add_(p)
-        return {"sem_seg": probs / len(views)}
+        image = inp["image"]
+        size = {"height": inp.get("height", image.shape[-2]),
+                "width": inp.get("width", image.shape[-1])}
+        device = self.model.device
+        probs, n = None, 0
+        # each scale crosses to the device once (uint8), and is flipped there
+        for resized in self.tta_mapper.resized_images(inp):
+            resized = resized.to(device, non_blocking=True)
+            for flip in self.tta_mapper.flips():
+                view = {"image": resized.flip(-1) if flip else resized, **size}
+                # one at a time (sizes differ; mmseg sums in place to save memory)
+                p = F.softmax(self.model([view])[0]["sem_seg"], dim=0)
+                if flip:
+                    p = p.flip(dims=(2,))
+                probs = p if probs is None else probs.add_(p)
+                n += 1
+        return {"sem_seg": probs / n}

@@ -9,14 +9,14 @@ from PIL import Image
 
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.file_io import PathManager
 
+from ..image_io import read_image
 from .transforms import build_test_augmentations, build_train_augmentations
 
 __all__ = ["SemSegDatasetMapper", "BadSampleError", "read_label", "check_label_values",
-           "dataset_reduce_zero_label"]
+           "dataset_reduce_zero_label", "image_to_tensor"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,19 @@ def dataset_reduce_zero_label(cfg, dataset_names: Sequence[str]) -> bool:
     return value
 
 
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """H x W x C array -> C x H x W tensor: uint8 stays uint8 (every pipeline step of mmseg's
+    keeps uint8, so nothing is lost), any other dtype becomes float32 (the model's input dtype)."""
+    dtype = np.uint8 if image.dtype == np.uint8 else np.float32
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=dtype))
+
+
 class SemSegDatasetMapper:
     """Detectron2 mapper for semantic segmentation with mmseg's pipeline.
 
     Input: a dataset dict with ``file_name`` and (for training) ``sem_seg_file_name``.
-    Output: the dict plus ``image`` (C x H x W float32, 0-255, in ``image_format``), ``sem_seg``
+    Output: the dict plus ``image`` (C x H x W uint8, in ``image_format``: a quarter of float32's
+    host-to-device traffic; the model normalises it on its device), ``sem_seg``
     (H x W long, aligned with ``image``; present whenever a label file is given), ``height`` and
     ``width`` (the ORIGINAL size, at which the model returns its prediction).
 
@@ -164,11 +172,15 @@ class SemSegDatasetMapper:
             "skip_bad_samples": cfg.INPUT.SKIP_BAD_SAMPLES,
         }
 
+    def read_image(self, file_name: str) -> np.ndarray:
+        """The one place images are decoded: H x W x C uint8 in ``image_format``."""
+        return read_image(file_name, format=self.image_format)  # cv2, as mmseg
+
     def read(self, dataset_dict):
         """Image (H x W x C uint8) and label (H x W uint8 or None), validated."""
         file_name = dataset_dict["file_name"]
         try:
-            image = utils.read_image(file_name, format=self.image_format)
+            image = self.read_image(file_name)
         except Exception as e:  # missing, truncated or not an image
             raise BadSampleError(f"cannot read image {file_name}: {type(e).__name__}: {e}") from e
         h, w = image.shape[:2]
@@ -209,9 +221,7 @@ class SemSegDatasetMapper:
         self.augmentations(aug_input)
         image, label = aug_input.image, aug_input.sem_seg
 
-        dataset_dict["image"] = torch.from_numpy(
-            np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
-        )
+        dataset_dict["image"] = image_to_tensor(image)
         if label is not None:
             dataset_dict["sem_seg"] = torch.from_numpy(label.astype(np.int64))
         dataset_dict["height"], dataset_dict["width"] = height, width

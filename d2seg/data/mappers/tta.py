@@ -44,12 +44,18 @@ class SemSegTTAMapper:
     def _to_numpy(image: torch.Tensor) -> np.ndarray:
         arr = image.permute(1, 2, 0).cpu().numpy()
         # uint8 pictures (what the test mapper loads) are resized as uint8, as mmcv does
+        if arr.dtype == np.uint8:
+            return arr
         if arr.min() >= 0 and arr.max() <= 255 and np.array_equal(arr, np.round(arr)):
             return arr.astype(np.uint8)
         return np.ascontiguousarray(arr, dtype=np.float32)
 
-    def __call__(self, dataset_dict: Dict) -> List[Dict]:
+    def resized_images(self, dataset_dict: Dict) -> List[torch.Tensor]:
+        """The image resized to each ratio (C x H x W, on the host: cv2 gives mmcv's exact pixels),
+        unflipped; uint8 for a uint8 input (the mappers' output), float32 otherwise.
+        :class:`SemanticSegmentorWithTTA` moves each to the device once and flips it there."""
         image = self._to_numpy(dataset_dict["image"])
+        out_dtype = np.uint8 if dataset_dict["image"].dtype == torch.uint8 else np.float32
         h, w = image.shape[:2]
         height, width = dataset_dict.get("height", h), dataset_dict.get("width", w)
         if (h, w) != (height, width):
@@ -60,19 +66,23 @@ class SemSegTTAMapper:
                                "mmseg's views")
                 self._warned = True
             image = CV2ResizeTransform(h, w, height, width).apply_image(image)
-        views = []
+        images = []
         for ratio in self.ratios:
             scale = self.img_scale if self.img_scale is not None else (width, height)
             target = (int(scale[0] * ratio), int(scale[1] * ratio))
             new_w, new_h = rescale_size(width, height, target)
             resized = CV2ResizeTransform(height, width, new_h, new_w).apply_image(image)
-            for flip in ([False, True] if self.flip else [False]):
-                view = resized[:, ::-1] if flip else resized
-                views.append({
-                    "image": torch.from_numpy(
-                        np.ascontiguousarray(view.transpose(2, 0, 1), dtype=np.float32)),
-                    "height": height,
-                    "width": width,
-                    "flip": flip,
-                })
-        return views
+            images.append(torch.from_numpy(
+                np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=out_dtype)))
+        return images
+
+    def flips(self) -> List[bool]:
+        return [False, True] if self.flip else [False]
+
+    def __call__(self, dataset_dict: Dict) -> List[Dict]:
+        image = dataset_dict["image"]
+        height = dataset_dict.get("height", image.shape[-2])
+        width = dataset_dict.get("width", image.shape[-1])
+        return [{"image": resized.flip(-1) if flip else resized, "height": height, "width": width,
+                 "flip": flip}
+                for resized in self.resized_images(dataset_dict) for flip in self.flips()]

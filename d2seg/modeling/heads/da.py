@@ -9,7 +9,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..layers.conv import conv_norm_act
 from ..layers.scale import Scale
-from ..layers.self_attention import SelfAttentionBlock
+from ..layers.self_attention import SelfAttentionBlock, float32_under_autocast
 from .base import BaseDecodeHead
 
 __all__ = ["DAHead", "PAM", "CAM"]
@@ -40,10 +40,13 @@ class CAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        feats = x.view(n, c, -1)
-        energy = torch.bmm(feats, feats.transpose(1, 2))  # N x C x C
-        attention = (energy.max(dim=-1, keepdim=True)[0] - energy).softmax(dim=-1)
-        out = torch.bmm(attention, feats).view(n, c, h, w)
+        # float32 under autocast: X Xᵀ sums over all H*W positions (131072 at 512x1024 / 8), far
+        # past float16's 65504, and inf - inf in the softmax gives NaN
+        ctx, (feats,) = float32_under_autocast(x.reshape(n, c, -1))
+        with ctx:
+            energy = torch.bmm(feats, feats.transpose(1, 2))  # N x C x C
+            attention = (energy.max(dim=-1, keepdim=True)[0] - energy).softmax(dim=-1)
+            out = torch.bmm(attention, feats).view(n, c, h, w).to(x.dtype)
         return self.gamma(out) + x
 
 

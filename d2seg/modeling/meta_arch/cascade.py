@@ -22,6 +22,7 @@ class CascadeEncoderDecoder(EncoderDecoder):
     def __init__(self, *, cascade_head: torch.nn.Module, **kwargs):
         super().__init__(**kwargs)
         self.cascade_head = cascade_head
+        self.speed.apply(self)  # MODEL.SPEED over the stage-0 head too (the base applied it before)
 
     @classmethod
     def from_config(cls, cfg):

@@ -54,7 +54,8 @@ def slide_windows(h: int, w: int, crop_size, stride):
 class EncoderDecoder(nn.Module):
     """Backbone -> decode head (+ auxiliary heads, trained only).
 
-    Input: Detectron2's list of dicts with ``image`` (C x H x W, INPUT.FORMAT, 0-255) and, when
+    Input: Detectron2's list of dicts with ``image`` (C x H x W, INPUT.FORMAT, 0-255, uint8 from
+    d2seg's mappers; normalised here, on the model's device) and, when
     training, ``sem_seg`` (H x W long, ``ignore_value`` = ignore). Training returns the loss dict;
     inference returns ``[{"sem_seg": C x height x width logits}]`` like Detectron2's
     ``SemanticSegmentor``, so its evaluators and Visualizer work unchanged.
@@ -96,11 +97,14 @@ class EncoderDecoder(nn.Module):
         self.test_mode = test_mode
         self.test_crop_size = tuple(test_crop_size)
         self.test_stride = tuple(test_stride)
-        # MODEL.SPEED: applied on the first forward, once every head exists (d2seg.modeling.speed)
-        self.speed = speed or SpeedOptions()
         # mmseg copies align_corners from the decode head for the final resize.
         self.align_corners = decode_head.align_corners
         self.num_classes = decode_head.num_classes
+        # MODEL.SPEED is a build step (d2seg.modeling.speed): applied here, before build_model
+        # returns and DDP / torch.compile wrap the model; a subclass with more heads applies it
+        # again once they exist (idempotent)
+        self.speed = speed or SpeedOptions()
+        self.speed.apply(self)
 
     @classmethod
     def from_config(cls, cfg):
@@ -132,12 +136,13 @@ class EncoderDecoder(nn.Module):
         return self.pixel_mean.device
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        return (image.to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
+        """C x H x W image (uint8 from the mappers, or float) -> normalised float32 on the model's
+        device: the host sends 1 byte per value, the device converts and normalises."""
+        image = image.to(self.device, non_blocking=True)
+        return (image.float() - self.pixel_mean) / self.pixel_std
 
     # ---- training ------------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):
-        if not self.speed.is_default:
-            self.speed.apply(self)
         if not self.training:
             return self.inference(batched_inputs)
         if "sem_seg" not in batched_inputs[0]:

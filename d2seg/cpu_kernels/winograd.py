@@ -93,6 +93,8 @@ def _transform2(mat: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.
 
 # ---- workspaces ----------------------------------------------------------------------------
 _local = threading.local()
+_all_stores = []  # every thread's store, so that clear_workspace can free them all
+_stores_lock = threading.Lock()
 
 
 def _buffer(name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
@@ -100,6 +102,8 @@ def _buffer(name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
     store = getattr(_local, "buffers", None)
     if store is None:
         store = _local.buffers = {}
+        with _stores_lock:
+            _all_stores.append(store)
     key = (name, like.dtype, like.device)
     buf = store.get(key)
     if buf is None or buf.numel() < numel:
@@ -109,8 +113,11 @@ def _buffer(name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def clear_workspace() -> None:
-    """Frees the Winograd scratch buffers of this thread."""
-    _local.buffers = {}
+    """Frees the Winograd scratch buffers of every thread (a call in flight keeps the buffers it
+    holds until it returns)."""
+    with _stores_lock:
+        for store in _all_stores:
+            store.clear()
 
 
 # ---- geometry ------------------------------------------------------------------------------
