@@ -9,6 +9,8 @@ check_torch_version()  # before anything imports torch features d2seg relies on
 
 from . import data, modeling  # noqa: F401,E402  (registration)
 from .config import add_d2seg_config  # noqa: E402
+from . import model_zoo  # noqa: F401,E402  (d2seg.model_zoo.get(name, trained=True))
+from .predictor import SemSegPredictor  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["add_d2seg_config", "__version__"]
+__all__ = ["add_d2seg_config", "SemSegPredictor", "__version__"]

@@ -45,7 +45,8 @@ def test_demo_on_folder_and_dataset(tmp_path):
     written = demo.main(["--config-file", CONFIG, "--dataset", "test_demo_ds", "--output",
                          str(tmp_path / "out2"), *TINY, *data, "TEST.AUG.ENABLED", "True",
                          "TEST.AUG.RATIOS", "[0.5,1.0]"])
-    assert len(written) == 3 and Image.open(written[2]).size == (30, 20)
+    # image | ground truth | prediction side by side, scaled up (x6) to at least 512 px wide
+    assert len(written) == 3 and Image.open(written[2]).size == (3 * 30 * 6, 20 * 6)
 
 
 def test_visualize_data(tmp_path):

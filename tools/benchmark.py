@@ -69,6 +69,7 @@ def machine_info(device: str = "cpu") -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": device,
+        "allocator": allocator(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -79,6 +80,21 @@ def machine_info(device: str = "cpu") -> dict:
     except OSError:
         pass
     return info
+
+
+def allocator() -> str:
+    """The malloc this process runs under: jemalloc / tcmalloc when preloaded (LD_PRELOAD),
+    else glibc's (with MALLOC_* tunables, if set)."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        maps = ""
+    for name in ("jemalloc", "tcmalloc"):
+        if f"lib{name}" in maps:
+            return name
+    tunables = sorted(k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")
+    return "glibc" + (f" ({', '.join(tunables)})" if tunables else "")
 
 
 def peak_rss_mb() -> float:
@@ -129,7 +145,6 @@ def build_cfg(config_file: str, opts=(), *, device=None, amp=False, amp_dtype=No
     cpu = cfg.MODEL.DEVICE == "cpu"
     if amp:
         dtype = amp_dtype or ("bfloat16" if cpu else "float16")
-        cfg.MODEL.SPEED.AMP_DTYPE = dtype
         cfg.SOLVER.AMP.ENABLED = True
         cfg.SOLVER.AMP.DTYPE = dtype
     for flag, value in speed.items():
@@ -159,24 +174,61 @@ def benchmark_inference(cfg, *, num_iter=200, warmup=5, input_size=(512, 1024), 
     inputs = [{"image": image.to(device), "height": h, "width": w}]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    times = []
     with torch.no_grad():
-        for i in _progress(range(warmup + num_iter), warmup + num_iter, "inference", progress):
-            _sync(device)
-            start = time.perf_counter()
-            pred = model(inputs)[0]["sem_seg"].argmax(dim=0).cpu()
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+        return _timed(lambda: model(inputs)[0]["sem_seg"].argmax(dim=0).cpu(), warmup=warmup,
+                      num_iter=num_iter, desc="inference", progress=progress,
+                      input_size=input_size, device=device)
+
+
+def _timed(run, *, warmup, num_iter, desc, progress, input_size, device="cpu") -> dict:
+    """Calls ``run()`` (one image: forward + argmax on the host) ``warmup + num_iter`` times;
+    ms/img, img/s and the median of the last ``num_iter``, with the output's shape and memory."""
+    times = []
+    for i in _progress(range(warmup + num_iter), warmup + num_iter, desc, progress):
+        _sync(device)
+        start = time.perf_counter()
+        pred = run()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
     total = sum(times)
     return {
         "ms_per_img": 1000 * total / len(times),
         "img_per_s": len(times) / total,
         "median_ms": 1000 * sorted(times)[len(times) // 2],
-        "input_size": [h, w],
+        "input_size": list(input_size),
         "output_shape": list(pred.shape),
         **_memory(device),
     }
+
+
+def benchmark_onnx(cfg, *, num_iter=200, warmup=5, input_size=(512, 1024), progress=True):
+    """ms/img of ONNX Runtime (CPU execution provider, as many intra-op threads as torch) on
+    the model exported by d2seg.export (static input size, BN folded, normalisation in the
+    graph) + argmax, as :func:`benchmark_inference` times PyTorch. Whole mode only."""
+    import tempfile
+
+    import onnxruntime as ort
+    from detectron2.modeling import build_model
+
+    from d2seg.export.exporters import export
+    from d2seg.export.wrapper import SegmentationExportModule, plain_for_export
+
+    if cfg.TEST.MODE != "whole":
+        raise ValueError(f"--format onnx times whole-mode inference; {cfg.TEST.MODE!r} given")
+    h, w = input_size
+    module = SegmentationExportModule(plain_for_export(build_model(cfg)), cfg.INPUT.FORMAT)
+    image = _random_image(h, w)[None]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        export(module, "onnx", path, image, dynamic=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {"image": image.numpy()}
+    res = _timed(lambda: session.run(None, feed)[0][0].argmax(0), warmup=warmup,
+                 num_iter=num_iter, desc="onnxruntime", progress=progress, input_size=(h, w))
+    return {**res, "onnxruntime": ort.__version__}
 
 
 def _random_batch(n, h, w, num_classes, seed=0):
@@ -269,6 +321,9 @@ def get_parser():
                      help="benchmark every *.yaml under FOLDER (each in its own process) and "
                           "print a markdown table")
     p.add_argument("--task", choices=["inference", "train", "data"], default="inference")
+    p.add_argument("--format", choices=["pytorch", "onnx"], default="pytorch",
+                   help="inference: PyTorch (MODEL.SPEED options) or ONNX Runtime (CPU) on the "
+                        "exported model (d2seg.export)")
     p.add_argument("--num-iter", type=int, default=None,
                    help="timed iterations (default: inference 200, train 20, data 100)")
     p.add_argument("--warmup", type=int, default=None,
@@ -314,7 +369,12 @@ def run_one(args) -> dict:
     num_iter = args.num_iter if args.num_iter is not None else num_iter
     warmup = args.warmup if args.warmup is not None else warmup
     progress = not args.no_progress
-    if args.task == "inference":
+    if args.format == "onnx":
+        if args.task != "inference":
+            raise SystemExit("--format onnx times --task inference only")
+        res = benchmark_onnx(cfg, num_iter=num_iter, warmup=warmup,
+                             input_size=tuple(args.input_size), progress=progress)
+    elif args.task == "inference":
         res = benchmark_inference(cfg, num_iter=num_iter, warmup=warmup,
                                   input_size=tuple(args.input_size), progress=progress)
     elif args.task == "train":
@@ -326,11 +386,11 @@ def run_one(args) -> dict:
     return {
         "config": args.config_file,
         "task": args.task,
+        "format": args.format,
         "num_iter": num_iter,
         "warmup": warmup,
         "options": {
-            "amp": cfg.MODEL.SPEED.AMP_DTYPE if args.task == "inference"
-            else (cfg.SOLVER.AMP.DTYPE if cfg.SOLVER.AMP.ENABLED else ""),
+            "amp": cfg.SOLVER.AMP.DTYPE if cfg.SOLVER.AMP.ENABLED else "",
             "channels_last": speed.CHANNELS_LAST, "compile": speed.COMPILE,
             "winograd": speed.WINOGRAD, "fused_attention": speed.FUSED_ATTENTION,
             "gemm_1x1": speed.GEMM_1X1, "fold_projections": speed.FOLD_PROJECTIONS,

@@ -14,6 +14,8 @@ from torch import nn
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ...export.tracing import is_exporting
+
 __all__ = ["BasicBlock", "Bottleneck", "HRModule", "HRNet", "build_hrnet_backbone"]
 
 
@@ -127,11 +129,13 @@ class HRModule(nn.Module):
                     # then resizes to the target size: two steps when sizes are odd (the
                     # second is skipped when the size already matches: it would be a copy).
                     z = row[j](x)
+                    # (no int() and no size test while exporting: both would freeze the
+                    # example's sizes into the graph; a same-size resize is the identity)
                     z = F.interpolate(
-                        z, size=[int(t * 2 ** (j - i)) for t in z.shape[-2:]],
+                        z, size=[t * 2 ** (j - i) for t in z.shape[-2:]],
                         mode="bilinear", align_corners=False,
                     )
-                    if z.shape[2:] != xs[i].shape[2:]:
+                    if is_exporting() or z.shape[2:] != xs[i].shape[2:]:
                         z = F.interpolate(z, size=xs[i].shape[2:], mode="bilinear",
                                           align_corners=False)
                 else:

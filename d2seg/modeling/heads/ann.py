@@ -7,8 +7,9 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
+from ...export.tracing import AdaptiveAvgPool2d
 from ..layers.conv import conv_norm_act
-from ..layers.pointwise import conv1x1
+from ...cpu_kernels.pointwise import conv1x1
 from ..layers.self_attention import SelfAttentionBlock
 from .base import BaseDecodeHead
 
@@ -16,10 +17,11 @@ __all__ = ["ANNHead", "AFNB", "APNB", "PPMConcat"]
 
 
 class PPMConcat(nn.ModuleList):
-    """Average-pools to each scale and concatenates the flattened bins: N x C x sum(s^2)."""
+    """Average-pools to each scale and concatenates the flattened bins: N x C x sum(s^2).
+    (The pools export with dynamic input sizes: d2seg.export.tracing.)"""
 
     def __init__(self, pool_scales: Sequence[int] = (1, 3, 6, 8)):
-        super().__init__(nn.AdaptiveAvgPool2d(s) for s in pool_scales)
+        super().__init__(AdaptiveAvgPool2d(s) for s in pool_scales)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return torch.cat([pool(feats).flatten(2) for pool in self], dim=2)

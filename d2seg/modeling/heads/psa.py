@@ -8,6 +8,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
+from ...export.tracing import is_exporting
 from ..layers.conv import conv_norm_act
 from ..layers.psa_mask import PSAMask
 from .base import BaseDecodeHead, resize
@@ -96,6 +97,17 @@ class PSAHead(BaseDecodeHead):
             return (h - 1) // f + 1, (w - 1) // f + 1, True
         return h // f, w // f, False
 
+    def resizers(self, x: torch.Tensor):
+        """(shrink, grow): resize a map to the shrunk size of ``x`` and back to ``x``'s size,
+        with :meth:`shrunk_size`'s align_corners. While exporting, the odd/even test must stay
+        in the graph (an ONNX ``If``), so it runs in :func:`_psa_resize`, scripted."""
+        if is_exporting() and self.shrink_factor > 1:
+            f = self.shrink_factor
+            return lambda t: _psa_resize(t, x, f, True), lambda t: _psa_resize(t, x, f, False)
+        h, w, align_corners = self.shrunk_size(*x.shape[2:])
+        return (lambda t: resize(t, (h, w), align_corners),
+                lambda t: resize(t, x.shape[2:], align_corners))
+
     def _attend(self, feat, attention, psamask, transpose_compact: bool):
         n, c, h, w = feat.shape
         y = attention(feat)
@@ -110,16 +122,31 @@ class PSAHead(BaseDecodeHead):
         return out.reshape(n, c, h, w) * (1.0 / self.normalization_factor)
 
     def layers(self, x: torch.Tensor) -> torch.Tensor:
-        h, w, align_corners = self.shrunk_size(*x.shape[2:])
+        shrink, grow = self.resizers(x)
         if self.psa_type == "bi-direction":
-            x_col = resize(self.reduce(x), (h, w), align_corners)
-            x_dis = resize(self.reduce_p(x), (h, w), align_corners)
+            x_col = shrink(self.reduce(x))
+            x_dis = shrink(self.reduce_p(x))
             out = torch.cat([
                 self._attend(x_col, self.attention, self.psamask_collect, False),
                 self._attend(x_dis, self.attention_p, self.psamask_distribute, True),
             ], dim=1)
         else:
-            feat = resize(self.reduce(x), (h, w), align_corners)
+            feat = shrink(self.reduce(x))
             out = self._attend(feat, self.attention, self.psamask, self.psa_type == "collect")
-        out = resize(self.proj(out), x.shape[2:], align_corners)
+        out = grow(self.proj(out))
         return self.bottleneck(torch.cat([x, out], dim=1))
+
+
+@torch.jit.script_if_tracing
+def _psa_resize(t: torch.Tensor, ref: torch.Tensor, factor: int, shrink: bool) -> torch.Tensor:
+    """:meth:`PSAHead.shrunk_size`'s rule (``factor`` > 1) on ``ref``'s size, for exported
+    graphs: ``t`` resized to the shrunk size (``shrink``) or back to ``ref``'s size. Each
+    branch has its own constant align_corners (ONNX's Resize mode is an attribute)."""
+    h, w = ref.shape[2], ref.shape[3]
+    if h % factor != 0 and w % factor != 0:
+        if shrink:
+            h, w = (h - 1) // factor + 1, (w - 1) // factor + 1
+        return F.interpolate(t, size=[h, w], mode="bilinear", align_corners=True)
+    if shrink:
+        h, w = h // factor, w // factor
+    return F.interpolate(t, size=[h, w], mode="bilinear", align_corners=False)

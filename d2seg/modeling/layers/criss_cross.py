@@ -29,7 +29,9 @@ class CrissCrossAttention(nn.Module):
         value = self.value_conv(x)
         # column energies [b, h, w, i] (i: row index of the key); -inf where i == h
         energy_h = torch.einsum("bchw,bciw->bhwi", query, key)
-        diag = torch.eye(h, dtype=torch.bool, device=x.device)[:, None, :]  # [h, 1, i]
+        # [h, 1, i]; from arange, not eye(h): an exported graph then keeps h symbolic
+        rows = torch.arange(h, device=x.device)
+        diag = (rows[:, None] == rows[None, :])[:, None, :]
         energy_h = energy_h.masked_fill(diag, float("-inf"))
         energy_w = torch.einsum("bchw,bchj->bhwj", query, key)  # row energies
         attn = F.softmax(torch.cat([energy_h, energy_w], dim=-1), dim=-1)

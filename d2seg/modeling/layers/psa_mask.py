@@ -4,12 +4,16 @@ The input holds, at every feature position p, a ``h_mask x w_mask`` window of at
 centred on p. The output is the dense ``(h*w) x h x w`` map: the part of each window that falls
 inside the feature map is placed at the positions it covers, the rest stays zero
 (mmcv/ops/csrc/pytorch/cpu/psamask.cpp). For a pair (p, q) of positions the window entry is
-unique (``q - p + half``), so both modes are one gather with a cached index map:
+unique (row ``qy - py + cy``, column ``qx - px + cx``), so both modes are a pure gather:
 
 - ``distribute``: ``out[n, p, q] = in[n, window(q - p), p]``
 - ``collect``:    ``out[n, q, p] = in[n, window(q - p), p]`` (the transpose)
+
+The window row depends only on (py, qy) and its column only on (px, qx), so the gather runs in
+two steps with an ``h x h`` and a ``w x w`` index built from the input's size in the graph: no
+``hw x hw`` index (512 MB of int64 per branch at 1024x2048), nothing cached, and an exported
+graph keeps h and w symbolic.
 """
-from functools import lru_cache
 from typing import Tuple
 
 import torch
@@ -19,18 +23,14 @@ from torch.nn.modules.utils import _pair
 __all__ = ["PSAMask", "psa_mask"]
 
 
-@lru_cache(maxsize=16)
-def _window_index(h: int, w: int, h_mask: int, w_mask: int, device: torch.device):
-    """(h*w, h*w) index into the window channels for each (p, q), and where it is valid."""
-    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device),
-                            indexing="ij")
-    ys, xs = ys.reshape(-1), xs.reshape(-1)
-    # mmcv centres the window at (h_mask - 1) // 2 (the lower middle for even sizes)
-    dy = ys[None, :] - ys[:, None] + (h_mask - 1) // 2  # [p, q]
-    dx = xs[None, :] - xs[:, None] + (w_mask - 1) // 2
-    valid = (dy >= 0) & (dy < h_mask) & (dx >= 0) & (dx < w_mask)
-    index = torch.where(valid, dy * w_mask + dx, torch.zeros_like(dy))
-    return index, valid
+def _window_offsets(size, mask: int, device):
+    """For positions p (rows) and q (columns) along one axis: the window index
+    ``q - p + centre`` (clamped) and whether the window covers q; and the positions."""
+    pos = torch.arange(size, device=device)
+    # mmcv centres the window at (mask - 1) // 2 (the lower middle for even sizes)
+    offset = pos[None, :] - pos[:, None] + (mask - 1) // 2  # [p, q]
+    valid = (offset >= 0) & (offset < mask)
+    return offset.clamp(0, mask - 1), valid, pos[:, None]
 
 
 def psa_mask(x: torch.Tensor, psa_type: str, mask_size: Tuple[int, int]) -> torch.Tensor:
@@ -41,14 +41,16 @@ def psa_mask(x: torch.Tensor, psa_type: str, mask_size: Tuple[int, int]) -> torc
     n, c, h, w = x.shape
     if c != h_mask * w_mask:
         raise ValueError(f"PSAMask: {c} channels, expected h_mask*w_mask = {h_mask * w_mask}")
-    index, valid = _window_index(h, w, h_mask, w_mask, x.device)
-    hw = h * w
-    per_pos = x.reshape(n, c, hw).transpose(1, 2)  # [n, p, window]
-    out = per_pos.gather(2, index.expand(n, hw, hw))  # [n, p, q]
-    out = torch.where(valid, out, out.new_zeros(()))
-    if psa_type == "collect":
-        out = out.transpose(1, 2)
-    return out.reshape(n, hw, h, w)
+    win_y, valid_y, py = _window_offsets(h, h_mask, x.device)
+    win_x, valid_x, px = _window_offsets(w, w_mask, x.device)
+    # rows: x[n, a, b, py, px] -> [py, qy, n, b, px] (only the window rows that land inside)
+    out = x.reshape(n, h_mask, w_mask, h, w)[:, win_y, :, py, :]
+    # columns: -> [py, qy, n, px, qx]
+    out = out[:, :, :, win_x, px]
+    out = out.masked_fill(~(valid_y[:, :, None, None, None] & valid_x[None, None, None]), 0)
+    if psa_type == "distribute":  # [n, (py, px), qy, qx]
+        return out.permute(2, 0, 3, 1, 4).reshape(n, h * w, h, w)
+    return out.permute(2, 1, 4, 0, 3).reshape(n, h * w, h, w)  # collect: [n, (qy, qx), py, px]
 
 
 class PSAMask(nn.Module):

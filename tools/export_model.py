@@ -1,0 +1,195 @@
+#!/usr/bin/env python
+"""Exports a d2seg model to ONNX, TorchScript or torch.export, then checks the file against PyTorch.
+
+    python tools/export_model.py --config-file CFG --format {onnx,torchscript,torch-export} \
+        --output DIR [--height H --width W] [--batch B] [--dynamic] [--opset N] [--labels] \
+        [KEY VALUE ...]   # e.g. MODEL.WEIGHTS mmseg://pspnet/pspnet_r50-d8_512x1024_40k_cityscapes
+
+Writes DIR/model.onnx (model.ts, model.pt2) and DIR/export.json. Input ``image``: float32
+N x 3 x H x W, RGB, 0-255 (normalisation is in the graph). Output ``logits`` N x C x H x W, the
+model's ``sem_seg``; with --labels, ``labels`` N x H x W int64 (the argmax). --dynamic makes N, H
+and W dynamic. The exported network is the whole-mode one: for a slide-mode config, slide the
+printed crop size over the image (docs/deployment.md). Before exiting 0 the tool runs the file
+(ONNX Runtime for onnx) on random images at the export size and, with --dynamic, at a second
+size and batch, and compares with PyTorch (max |d logit| <= 1e-4, argmax agreement >= 99.99%);
+if that fails it deletes the file and exits 1. MODEL.SPEED's CPU kernels, compile and autocast
+are switched off for the export; BN is folded into the convs.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+
+import d2seg  # noqa: F401  (registration)
+from d2seg.checkpoint import SegCheckpointer
+from d2seg.engine import setup_cfg
+from d2seg.export.exporters import (
+    FILE_NAMES, FORMATS, MIN_OPSET, OPSET_NEEDS, export, remove_quietly, verify_export,
+)
+from d2seg.export.wrapper import SegmentationExportModule, plain_for_export
+
+# MODEL.SPEED options that put PyTorch-only code into the model (CPU kernels, compile, NHWC,
+# fused attention): exported graphs never hold them; BN folding stays (plain_for_export)
+PLAIN_SPEED = {"WINOGRAD": "", "GEMM_1X1": False, "COMPILE": False, "CHANNELS_LAST": False,
+               "FOLD_PROJECTIONS": False, "FUSED_ATTENTION": False, "AMP_DTYPE": ""}
+
+
+def export_cfg(config_file: str, opts):
+    """The config with ``opts`` and the plain MODEL.SPEED (only keys the config has), on the
+    CPU, without autocast."""
+    cfg = setup_cfg(argparse.Namespace(config_file=config_file, opts=list(opts)), None)
+    plain = ["MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", False]
+    for key, value in PLAIN_SPEED.items():
+        if key in cfg.MODEL.SPEED:
+            plain += [f"MODEL.SPEED.{key}", value]
+    return setup_cfg(argparse.Namespace(config_file=config_file, opts=list(opts) + plain), None)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--output", required=True, help="folder for the model file and export.json")
+    p.add_argument("--height", type=int, default=0, help="export height (default: the test "
+                   "crop for slide configs, else INPUT.CROP.SIZE, else 512)")
+    p.add_argument("--width", type=int, default=0, help="export width (same default)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dynamic", action="store_true", help="dynamic N, H and W")
+    p.add_argument("--opset", type=int, default=17, help=f"ONNX opset (>= {MIN_OPSET})")
+    p.add_argument("--labels", action="store_true", help="output the N x H x W argmax")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p.parse_args(argv)
+
+
+def export_size(cfg, args):
+    if cfg.TEST.MODE == "slide":
+        default = tuple(cfg.TEST.CROP_SIZE)
+    elif cfg.INPUT.CROP.ENABLED:
+        default = tuple(cfg.INPUT.CROP.SIZE)
+    else:
+        default = (512, 512)
+    h, w = args.height or default[0], args.width or default[1]
+    if min(h, w, args.batch) <= 0:
+        raise ValueError(f"--height {h} --width {w} --batch {args.batch} must be positive")
+    return h, w
+
+
+def second_size(n: int, h: int, w: int):
+    """The dynamic check's size: another batch and a height/width that are not multiples of 32
+    (odd feature maps at every stride)."""
+    return n + 1, max(33, (3 * h) // 4) | 1, max(33, (3 * w) // 4 + 2) | 1
+
+
+def describe(cfg) -> str:
+    heads = [cfg.MODEL.SEM_SEG_HEAD.NAME] + ([cfg.MODEL.CASCADE_HEAD.NAME]
+                                             if cfg.MODEL.CASCADE_HEAD.NAME else [])
+    return f"{cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.BACKBONE.NAME}, {' + '.join(heads)})"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.format == "onnx" and args.opset < MIN_OPSET:
+        print(f"error: --opset {args.opset} is too old for d2seg's graphs: they need opset >= "
+              f"{MIN_OPSET} ({OPSET_NEEDS})", file=sys.stderr)
+        return 2
+    cfg = export_cfg(args.config_file, args.opts)
+    h, w = export_size(cfg, args)
+    model = build_model(cfg)
+    if not hasattr(model, "encode_decode"):
+        print(f"error: {describe(cfg)} has no encode_decode(): only EncoderDecoder models export",
+              file=sys.stderr)
+        return 2
+    if cfg.MODEL.WEIGHTS:
+        SegCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    else:
+        print("warning: MODEL.WEIGHTS is empty: exporting random weights", file=sys.stderr)
+    if cfg.TEST.MODE == "slide":
+        print(f"note: {args.config_file} tests in slide mode; the exported graph is the "
+              f"whole-mode network: run it on {cfg.TEST.CROP_SIZE[0]}x{cfg.TEST.CROP_SIZE[1]} "
+              f"(h x w) windows with stride {cfg.TEST.STRIDE[0]}x{cfg.TEST.STRIDE[1]} and average "
+              "the overlapping logits (docs/deployment.md)")
+    if cfg.TEST.AUG.ENABLED:
+        print("note: TEST.AUG (multi-scale + flip) is not in the graph: it exports one scale")
+    module = SegmentationExportModule(plain_for_export(model), cfg.INPUT.FORMAT, args.labels)
+    output_name = "labels" if args.labels else "logits"
+
+    os.makedirs(args.output, exist_ok=True)
+    path = os.path.join(args.output, FILE_NAMES[args.format])
+    example = torch.rand(args.batch, 3, h, w, generator=torch.Generator().manual_seed(0)) * 255
+    # written to a temporary name first: a failed export or check leaves no model file behind
+    tmp = os.path.join(args.output, f".partial-{FILE_NAMES[args.format]}")
+    try:
+        export(module, args.format, tmp, example, dynamic=args.dynamic, opset=args.opset,
+               output_name=output_name)
+        sizes = [(args.batch, h, w)] + ([second_size(args.batch, h, w)] if args.dynamic else [])
+        ok, figures = verify_export(module, args.format, tmp, sizes)
+    except Exception as e:
+        remove_quietly(tmp)
+        print(f"error: exporting {describe(cfg)} from {args.config_file} to {args.format} "
+              f"failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    for size, fig in figures.items():
+        print(f"parity {size}: " + ", ".join(f"{k} {v:.3g}" for k, v in fig.items()))
+    if not ok:
+        remove_quietly(tmp)
+        print(f"error: the exported {args.format} model differs from PyTorch (limits: max |d "
+              "logit| 1e-4, argmax agreement 99.99%); nothing written", file=sys.stderr)
+        return 1
+    os.replace(tmp, path)
+    info = export_info(cfg, args, (h, w), output_name, figures)
+    with open(os.path.join(args.output, "export.json.tmp"), "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(os.path.join(args.output, "export.json.tmp"), os.path.join(args.output,
+                                                                         "export.json"))
+    print(f"wrote {path} and {os.path.join(args.output, 'export.json')}")
+    return 0
+
+
+def export_info(cfg, args, size, output_name, figures) -> dict:
+    meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+    mean, std = list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)
+    if cfg.INPUT.FORMAT == "BGR":  # the graph takes RGB: report its statistics in RGB order
+        mean, std = mean[::-1], std[::-1]
+    n, c = "batch" if args.dynamic else args.batch, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    hw = ["height", "width"] if args.dynamic else list(size)
+    info = {
+        "format": args.format,
+        "file": FILE_NAMES[args.format],
+        "config_file": args.config_file,
+        "config_overrides": list(args.opts),
+        "config": cfg.dump(),
+        "weights": cfg.MODEL.WEIGHTS,
+        "classes": list(getattr(meta, "stuff_classes", None) or []) if meta else [],
+        "palette": [list(map(int, c)) for c in (getattr(meta, "stuff_colors", None) or [])]
+        if meta else [],
+        "num_classes": c,
+        "input": {"name": "image", "shape": [n, 3, *hw], "dtype": "float32",
+                  "layout": "NCHW", "channels": "RGB", "range": [0, 255]},
+        "output": {"name": output_name, "dtype": "int64" if args.labels else "float32",
+                   "shape": [n, *hw] if args.labels else [n, c, *hw]},
+        "normalization_in_graph": {"mean_rgb": mean, "std_rgb": std},
+        "export_size": list(size),
+        "dynamic": args.dynamic,
+        "test_mode": cfg.TEST.MODE,
+        "slide_crop_size": list(cfg.TEST.CROP_SIZE) if cfg.TEST.MODE == "slide" else None,
+        "slide_stride": list(cfg.TEST.STRIDE) if cfg.TEST.MODE == "slide" else None,
+        "test_img_scale": list(cfg.INPUT.TEST_IMG_SCALE),
+        "opset": args.opset if args.format == "onnx" else None,
+        "torch": torch.__version__,
+        "d2seg": d2seg.__version__,
+        "parity": figures,
+    }
+    if args.format == "onnx":
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    return info
+
+
+if __name__ == "__main__":
+    sys.exit(main())
