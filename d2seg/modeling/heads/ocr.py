@@ -24,7 +24,10 @@ class SpatialGatherModule(nn.Module):
     def forward(self, feats: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         probs = (self.scale * probs.flatten(2)).softmax(dim=2)  # N x K x HW
         context = torch.matmul(probs, feats.flatten(2).transpose(1, 2))  # N x K x C
-        return context.transpose(1, 2).unsqueeze(3)
+        # contiguous as mmseg's: a transposed view is channels-last in memory, for which the
+        # key/value convs and their training-mode BN sum in another order, a rounding that the
+        # BN over only N*K centres amplifies in the gradients (docs/parity.md)
+        return context.transpose(1, 2).contiguous().unsqueeze(3)
 
 
 class ObjectAttentionBlock(SelfAttentionBlock):

@@ -65,8 +65,10 @@ class NonLocal2d(nn.Module):
             pairwise = pairwise.softmax(dim=-1)
         else:
             pairwise = pairwise / pairwise.shape[-1]
-        y = torch.matmul(pairwise, g_x).transpose(1, 2).reshape(n, self.inter_channels, h, w)
-        return x + self.conv_out(y)
+        # contiguous, as mmcv: as a view y is channels-last, and conv_out's conv + training-mode
+        # BN then round differently (tests/parity/test_train_step_parity.py)
+        y = torch.matmul(pairwise, g_x).transpose(1, 2).contiguous()
+        return x + self.conv_out(y.reshape(n, self.inter_channels, h, w))
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, inter_channels={self.inter_channels}, "

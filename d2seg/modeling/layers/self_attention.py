@@ -8,7 +8,16 @@ from torch import nn
 
 from .conv import conv_norm_act
 
-__all__ = ["SelfAttentionBlock"]
+__all__ = ["SelfAttentionBlock", "float32_under_autocast"]
+
+
+def float32_under_autocast(*tensors: torch.Tensor):
+    """``(autocast-off context, tensors in float32)`` for an attention product: fp16 products
+    summed over many positions or channels overflow to inf (max 65504), and the softmax then
+    makes NaN. float16/bfloat16 tensors are upcast; other dtypes (float32, float64) are kept, and
+    without autocast nothing changes."""
+    ctx = torch.autocast(tensors[0].device.type, enabled=False)
+    return ctx, [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
 
 
 class SelfAttentionBlock(nn.Module):
@@ -94,23 +103,30 @@ class SelfAttentionBlock(nn.Module):
         query = self.query_project(query_feats)
         if self.query_downsample is not None:
             query = self.query_downsample(query)
-        query = query.reshape(*query.shape[:2], -1).transpose(1, 2)  # N x Q x C
+        # contiguous, as mmseg's: GEMMs on transposed views round differently, which OCR's
+        # training-mode BN over the class centres amplifies (tests/parity/test_train_step_parity)
+        query = query.reshape(*query.shape[:2], -1).transpose(1, 2).contiguous()  # N x Q x C
         key = self.key_project(key_feats)
         value = self.value_project(key_feats)
         if self.key_downsample is not None:
             key = self.key_downsample(key)
             value = self.key_downsample(value)
         key = key.reshape(*key.shape[:2], -1)  # N x C x K
-        value = value.reshape(*value.shape[:2], -1).transpose(1, 2)  # N x K x C
+        value = value.reshape(*value.shape[:2], -1).transpose(1, 2).contiguous()  # N x K x C
         if self.fused_attention:
             # contiguous rows: the CPU's fused kernel needs unit stride on the channel dim
             context = F.scaled_dot_product_attention(
                 query.contiguous(), key.transpose(1, 2).contiguous(), value.contiguous(),
                 scale=self.channels ** -0.5 if self.matmul_norm else 1.0).transpose(1, 2)
         else:
-            sim_map = torch.matmul(query, key)
-            if self.matmul_norm:
-                sim_map = (self.channels ** -0.5) * sim_map
-            sim_map = sim_map.softmax(dim=-1)
-            context = torch.matmul(sim_map, value).transpose(1, 2)
-        return context.reshape(n, -1, *query_feats.shape[2:])
+            # in float32 under autocast: q k^T (PAM has no 1/sqrt(d)) can pass fp16's range.
+            # The fused kernels above accumulate in float32 themselves.
+            ctx, (query, key, value) = float32_under_autocast(query, key, value)
+            with ctx:
+                sim_map = torch.matmul(query, key)
+                if self.matmul_norm:
+                    sim_map = (self.channels ** -0.5) * sim_map
+                sim_map = sim_map.softmax(dim=-1)
+                context = torch.matmul(sim_map, value).transpose(1, 2)
+        # contiguous: as a view it is channels-last, and out_project's conv and BN round otherwise
+        return context.contiguous().reshape(n, -1, *query_feats.shape[2:])
