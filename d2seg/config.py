@@ -30,6 +30,12 @@ def add_head_node_keys(node: CN, **overrides) -> CN:
     node.KERNEL_SIZE = 3  # FCN-style heads: kernel size of those convs
     node.DILATION = 1  # FCN-style heads: dilation of those convs
     node.CONCAT_INPUT = True  # FCN-style heads: concat the input with the conv output (conv_cat)
+    # mmseg's OHEMPixelSampler on this head's loss: the loss keeps only the hardest pixels,
+    # OHEM_MIN_KEPT per image (0 = no sampler, every pixel counts)
+    node.OHEM_MIN_KEPT = 0
+    # hard = true-class probability below max(OHEM_THRESH, the MIN_KEPT-th lowest);
+    # None = the OHEM_MIN_KEPT pixels of highest loss (mmseg's thresh=None)
+    node.OHEM_THRESH = None
     for k, v in overrides.items():
         setattr(node, k, v)
     return node
@@ -108,6 +114,9 @@ def add_d2seg_config(cfg: CN) -> None:
     _C.MODEL.RESNETS.STAGE_DILATIONS = [1, 1, 2, 4]  # dilation of res2..res5 (OS8)
     # first block of a dilated stage uses dilation // 2 (mmseg's contract_dilation)
     _C.MODEL.RESNETS.CONTRACT_DILATION = True
+    # mmseg's multi_grid: res5's blocks use these dilations (one per block, replacing the stage
+    # dilation, as mmseg's ResLayer does); [] = the stage dilation (DeepLabV3 D16-MG124: 1, 2, 4)
+    _C.MODEL.RESNETS.MULTI_GRID = []
 
     # HRNetV2 (build_hrnet_backbone), mmseg's `extra` with W18 defaults: stage 1 = Bottlenecks,
     # stages 2-4 = HR modules of BasicBlocks on 2, 3, 4 branches. W18-Small and W48: see
@@ -146,7 +155,9 @@ def add_d2seg_config(cfg: CN) -> None:
     _C.SOLVER.POLY_LR_MIN_LR = 1e-4  # WarmupPolyLR: mmseg's min_lr (absolute)
 
     # ---- speed (d2seg/modeling/speed.py, tools/benchmark.py, docs/benchmark.md) --------------
-    _C.SOLVER.AMP.DTYPE = "float16"  # SOLVER.AMP.ENABLED: autocast dtype, float16 or bfloat16
+    # SOLVER.AMP.ENABLED: training AND inference under autocast in this dtype (float16 or
+    # bfloat16; mmseg's fp16 configs train and test in fp16); the one AMP dtype key
+    _C.SOLVER.AMP.DTYPE = "float16"
     _C.MODEL.SPEED = CN()
     # CPU fp32 3x3 stride-1 convs by Winograd: "" = direct, "F2" = F(2x2,3x3) (>= 256 channels,
     # undilated; rounding as direct), "F4" = F(4x4,3x3) (>= 128 channels, dilation <= 4; faster,
@@ -162,4 +173,3 @@ def add_d2seg_config(cfg: CN) -> None:
     # out_project into the fusion bottleneck; same maths, rounding; training too)
     _C.MODEL.SPEED.FOLD_PROJECTIONS = False
     _C.MODEL.SPEED.COMPILE = False  # torch.compile the backbone and heads (first call compiles)
-    _C.MODEL.SPEED.AMP_DTYPE = ""  # inference under autocast: "" (fp32), bfloat16 or float16

@@ -5,7 +5,8 @@
     python tools/generate_configs.py --check   # exits 1 if a generated file would change
 
 Needs MMSegmentation 0.30 and mmcv 1.x installed (mmseg ships its configs in mmseg/.mim/configs);
-d2seg itself never imports them. For every selected mmseg config stem it:
+d2seg itself never imports them. For every mmseg config of the 13 methods (all 390 but the
+few in ``BLOCKED``, which name what d2seg lacks) it:
 
 1. loads the fully merged mmseg config (``mmcv.Config.fromfile``) and translates **every** key
    into d2seg's config (starting from the base model yaml of that architecture); a key it does not
@@ -15,7 +16,8 @@ d2seg itself never imports them. For every selected mmseg config stem it:
    HRNet-W18-Small / W48) inherits that leaf's yaml;
 3. loads the parent into a d2seg cfg (get_cfg + add_d2seg_config + merge_from_file) and writes
    only the keys whose translated value differs from it, then reloads the written file and checks
-   that it equals the translation, key for key.
+   that it equals the translation, key for key. ``MODEL.WEIGHTS`` is the ImageNet checkpoint
+   mmseg's config initialises its backbone from (``open-mmlab://resnet50_v1c``, ...).
 
 It also writes configs/<method>/README.md: mmseg's reported results, read from the metafile
 shipped with mmseg (``<method>/<method>.yml``), a d2seg column ("—" until d2seg has trained the
@@ -51,63 +53,108 @@ METHODS = OrderedDict([
     ("ann", "ANN"),
     ("ocrnet", "OCRNet"),
 ])
-# Stems mirrored: R-50/101-D8 (UPerNet: R-50/101) and HRNet W18/W18-Small/W48 configs on
-# Cityscapes 512x1024 (and the 769x769 slide-test variants), ADE20K and VOC 512x512.
-_PREFIX = (r"(fcn|pspnet|psanet|deeplabv3|deeplabv3plus|gcnet|nonlocal|ccnet|danet|ann|ocrnet)"
-           r"_r(50|101)-d8|upernet_r(50|101)|(fcn|ocrnet)_hr(18|18s|48)")
-STEM_RE = re.compile(
-    rf"^({_PREFIX})_(512x1024_(40k|80k|160k)(_b\d+)?_cityscapes|769x769_(40k|80k)_cityscapes"
-    r"|512x512_(80k|160k)_ade20k|512x512_(20k|40k)_voc12aug)$"
-)
+# mmseg configs that d2seg cannot express yet: stem -> why (the generator reports them; the
+# test checks that each still fails, with this reason, so the list cannot go stale)
+BLOCKED = {  # stem -> (what the translation stops at, why d2seg cannot run it)
+    "pspnet/pspnet_r50-d8_rsb-pretrain_512x1024_adamw_80k_cityscapes": (
+        "optimizer.type = 'AdamW'", "AdamW with whole-model gradient clipping (max_norm=1) and a "
+        "step schedule: d2seg's Trainer.build_optimizer is Detectron2's SGD, whose "
+        "CLIP_GRADIENTS clips each parameter alone"),
+    "pspnet/pspnet_r50-d32_rsb-pretrain_512x1024_adamw_80k_cityscapes": (
+        "optimizer.type = 'AdamW'", "as the R-50-D8 rsb-pretrain config"),
+    "deeplabv3plus/deeplabv3plus_r101_512x512_C-CM+C-WO-NatOcc-SOT": (
+        "'FaceOccludedDataset'", "the occluded-face dataset (two concatenated sets, mDice "
+        "metric) is not registered in d2seg"),
+}
 
-# mmseg dataset -> d2seg dataset names, label handling and mmseg's data layout (checked)
-DATASETS = {
-    "CityscapesDataset": dict(
-        train="cityscapes_fine_sem_seg_train", test="cityscapes_fine_sem_seg_val",
-        layout={"train": dict(img_dir="leftImg8bit/train", ann_dir="gtFine/train"),
-                "val": dict(img_dir="leftImg8bit/val", ann_dir="gtFine/val")},
-        title="Cityscapes", num_classes=19,
-    ),
-    "ADE20KDataset": dict(
-        train="ade20k_sem_seg_raw_train", test="ade20k_sem_seg_raw_val",
-        layout={"train": dict(img_dir="images/training", ann_dir="annotations/training"),
-                "val": dict(img_dir="images/validation", ann_dir="annotations/validation")},
-        title="ADE20K", num_classes=150,
-    ),
-    "PascalVOCDataset": dict(
-        train="voc_2012_sem_seg_trainaug", test="voc_2012_sem_seg_val",
-        layout={"train": dict(img_dir="JPEGImages",
-                              ann_dir=["SegmentationClass", "SegmentationClassAug"],
-                              split=["ImageSets/Segmentation/train.txt",
-                                     "ImageSets/Segmentation/aug.txt"]),
-                "val": dict(img_dir="JPEGImages", ann_dir="SegmentationClass",
-                            split="ImageSets/Segmentation/val.txt")},
-        title="Pascal VOC 2012 + Aug", num_classes=21,
-    ),
-}
-PRETRAINED = {  # mmseg ImageNet initialisation, by backbone
-    ("ResNetV1c", 50): "open-mmlab://resnet50_v1c",
-    ("ResNetV1c", 101): "open-mmlab://resnet101_v1c",
-    ("HRNet", "W18"): "open-mmlab://msra/hrnetv2_w18",
-    ("HRNet", "W18-Small"): "open-mmlab://msra/hrnetv2_w18_small",
-    ("HRNet", "W48"): "open-mmlab://msra/hrnetv2_w48",
-}
+
+def _split(img, ann, split=None):
+    return dict(img_dir=img, ann_dir=ann, **({"split": split} if split else {}))
+
+
+def _dirs(img, ann, train="train", val="val"):
+    """<img>/<train>, <ann>/<train> and the same for val (mmseg's convert_datasets layout)."""
+    return {"train": _split(f"{img}/{train}", f"{ann}/{train}"),
+            "val": _split(f"{img}/{val}", f"{ann}/{val}")}
+
+
+_VOC_AUG = {"train": _split("JPEGImages", ["SegmentationClass", "SegmentationClassAug"],
+                            ["ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/aug.txt"]),
+            "val": _split("JPEGImages", "SegmentationClass", "ImageSets/Segmentation/val.txt")}
+_CONTEXT = {s: _split("JPEGImages", "SegmentationClassContext",
+                      f"ImageSets/SegmentationContext/{s}.txt") for s in ("train", "val")}
+_NIGHT = "(Cityscapes models, tested on {})"
+# mmseg dataset -> d2seg dataset names and mmseg's data layout (checked); a type with several
+# layouts (COCO-Stuff 10k / 164k) is told apart by its train img_dir. Test-only sets (Dark
+# Zurich, Nighttime Driving) have no train split: their configs train on Cityscapes.
+# key: (mmseg type, title, classes, d2seg train name, d2seg test name, layout)
+_ROWS = [
+    ("cityscapes", "CityscapesDataset", "Cityscapes", 19, "cityscapes_fine_sem_seg_train",
+     "cityscapes_fine_sem_seg_val", _dirs("leftImg8bit", "gtFine")),
+    ("ade20k", "ADE20KDataset", "ADE20K", 150, "ade20k_sem_seg_raw_train",
+     "ade20k_sem_seg_raw_val", _dirs("images", "annotations", "training", "validation")),
+    ("voc12aug", "PascalVOCDataset", "Pascal VOC 2012 + Aug", 21, "voc_2012_sem_seg_trainaug",
+     "voc_2012_sem_seg_val", _VOC_AUG),
+    ("pascal_context", "PascalContextDataset", "Pascal Context", 60,
+     "pascal_context_sem_seg_train", "pascal_context_sem_seg_val", _CONTEXT),
+    ("pascal_context_59", "PascalContextDataset59", "Pascal Context 59", 59,
+     "pascal_context_59_sem_seg_train", "pascal_context_59_sem_seg_val", _CONTEXT),
+    ("coco_stuff_10k", "COCOStuffDataset", "COCO-Stuff 10k", 171, "coco_stuff_10k_sem_seg_train",
+     "coco_stuff_10k_sem_seg_test", _dirs("images", "annotations", "train2014", "test2014")),
+    ("coco_stuff_164k", "COCOStuffDataset", "COCO-Stuff 164k", 171,
+     "coco_stuff_164k_sem_seg_train", "coco_stuff_164k_sem_seg_val",
+     _dirs("images", "annotations", "train2017", "val2017")),
+    ("loveda", "LoveDADataset", "LoveDA", 7, "loveda_sem_seg_train", "loveda_sem_seg_val",
+     _dirs("img_dir", "ann_dir")),
+    ("potsdam", "PotsdamDataset", "ISPRS Potsdam", 6, "potsdam_sem_seg_train",
+     "potsdam_sem_seg_val", _dirs("img_dir", "ann_dir")),
+    ("vaihingen", "ISPRSDataset", "ISPRS Vaihingen", 6, "vaihingen_sem_seg_train",
+     "vaihingen_sem_seg_val", _dirs("img_dir", "ann_dir")),
+    ("isaid", "iSAIDDataset", "iSAID", 16, "isaid_sem_seg_train", "isaid_sem_seg_val",
+     _dirs("img_dir", "ann_dir")),
+    ("dark_zurich", "DarkZurichDataset", "Dark Zurich " + _NIGHT.format("Dark Zurich val"), 19,
+     None, "dark_zurich_sem_seg_val",
+     {"val": _split("rgb_anon/val/night/GOPR0356", "gt/val/night/GOPR0356")}),
+    ("night_driving", "NightDrivingDataset",
+     "Nighttime Driving " + _NIGHT.format("Nighttime Driving test"), 19, None,
+     "nighttime_driving_sem_seg_test",
+     {"val": _split("leftImg8bit/test/night", "gtCoarse_daytime_trainvaltest/test/night")}),
+]
+DATASETS = OrderedDict(
+    (key, dict(type=kind, title=title, num_classes=n, train=train, test=test, layout=layout))
+    for key, kind, title, n, train, test, layout in _ROWS)
+
+
+def find_dataset(kind, img_dir, split):
+    """The DATASETS key of an mmseg dataset ``type`` whose ``split`` layout has ``img_dir``."""
+    keys = [k for k, d in DATASETS.items() if d["type"] == kind and split in d["layout"]]
+    if len(keys) > 1:
+        keys = [k for k in keys if DATASETS[k]["layout"][split]["img_dir"] == img_dir]
+    if len(keys) != 1:
+        raise TranslationError(f"dataset {kind!r} (img_dir {img_dir!r}): d2seg has no "
+                               "registered dataset for it")
+    return keys[0]
+
+
+# mmseg's ImageNet initialisation (model.pretrained or backbone.init_cfg.checkpoint): the
+# schemes d2seg's checkpoint resolver takes (see docs/checkpoints.md)
+WEIGHTS_RE = re.compile(r"^(open-mmlab://|torchvision://|https://download\.openmmlab\.com/)\S+$")
 GPUS = 4  # "We use distributed training with 4 GPUs by default" (mmseg docs/en/model_zoo.md)
 
-# mmseg decode-head type (+ backbone) -> d2seg base model yaml
+# mmseg decode-head type (+ backbone family: ResNet = ResNetV1c or ResNet) -> d2seg base model yaml
 BASE_MODELS = {
-    ("ResNetV1c", "FCNHead"): "fcn_r50-d8",
-    ("ResNetV1c", "PSPHead"): "pspnet_r50-d8",
-    ("ResNetV1c", "PSAHead"): "psanet_r50-d8",
-    ("ResNetV1c", "ASPPHead"): "deeplabv3_r50-d8",
-    ("ResNetV1c", "DepthwiseSeparableASPPHead"): "deeplabv3plus_r50-d8",
-    ("ResNetV1c", "UPerHead"): "upernet_r50",
-    ("ResNetV1c", "GCHead"): "gcnet_r50-d8",
-    ("ResNetV1c", "NLHead"): "nonlocal_r50-d8",
-    ("ResNetV1c", "CCHead"): "ccnet_r50-d8",
-    ("ResNetV1c", "DAHead"): "danet_r50-d8",
-    ("ResNetV1c", "ANNHead"): "ann_r50-d8",
-    ("ResNetV1c", "FCNHead+OCRHead"): "ocrnet_r50-d8",
+    ("ResNet", "FCNHead"): "fcn_r50-d8",
+    ("ResNet", "PSPHead"): "pspnet_r50-d8",
+    ("ResNet", "PSAHead"): "psanet_r50-d8",
+    ("ResNet", "ASPPHead"): "deeplabv3_r50-d8",
+    ("ResNet", "DepthwiseSeparableASPPHead"): "deeplabv3plus_r50-d8",
+    ("ResNet", "UPerHead"): "upernet_r50",
+    ("ResNet", "GCHead"): "gcnet_r50-d8",
+    ("ResNet", "NLHead"): "nonlocal_r50-d8",
+    ("ResNet", "CCHead"): "ccnet_r50-d8",
+    ("ResNet", "DAHead"): "danet_r50-d8",
+    ("ResNet", "ANNHead"): "ann_r50-d8",
+    ("ResNet", "FCNHead+OCRHead"): "ocrnet_r50-d8",
     ("HRNet", "FCNHead"): "fcn_hr18",
     ("HRNet", "FCNHead+OCRHead"): "ocrnet_hr18",
 }
@@ -247,7 +294,10 @@ def cfg_set(cfg, key, value):
     if last not in node:
         raise TranslationError(f"d2seg has no config key {key}")
     old = node[last]
-    if isinstance(old, bool) or old is None:
+    if old is None or value is None:  # an optional key (yacs takes None <-> any type)
+        node[last] = value
+        return
+    if isinstance(old, bool):
         pass
     elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -359,21 +409,19 @@ class Translation:
             head_key = decode["type"]
             arch = "EncoderDecoder"
         self.root.children += heads
-        if (btype, head_key) not in BASE_MODELS:
+        family = "ResNet" if btype in ("ResNetV1c", "ResNet") else btype
+        if (family, head_key) not in BASE_MODELS:
             raise TranslationError(f"{self.stem}: no d2seg base model for {btype} + {head_key}")
-        self.base_model = BASE_MODELS[(btype, head_key)]
+        self.base_model = BASE_MODELS[(family, head_key)]
         self.cfg = new_cfg(os.path.join(REPO, "configs/_base_/models", self.base_model + ".yaml"))
         self.assigned = OrderedDict()
         self.set("MODEL.META_ARCHITECTURE", arch)
 
-        if btype == "ResNetV1c":
-            channels = self.resnet(backbone)
+        if family == "ResNet":
+            channels = self.resnet(backbone, btype)
         else:
             channels = self.hrnet(backbone)
-        self.facts["pretrained"] = model.take("pretrained")
-        if self.facts["pretrained"] != PRETRAINED[(btype, self.facts["backbone_id"])]:
-            raise TranslationError(f"{self.stem}: unexpected pretrained "
-                                   f"{self.facts['pretrained']!r}")
+        self.init_weights(model.take("pretrained"), backbone.node("init_cfg", {}))
         model.expect("train_cfg", {}, {})
         test_cfg = model.node("test_cfg")
         mode = test_cfg.take("mode")
@@ -409,8 +457,27 @@ class Translation:
         r.take("norm_cfg", None)
         r.take("img_norm_cfg")
         r.take("crop_size")
+        r.take("img_scale", None)  # Pascal Context's dataset file names its scale
         r.take("dataset_type")
         r.take("data_root")
+
+    def init_weights(self, pretrained, init):
+        """MODEL.WEIGHTS: the ImageNet checkpoint mmseg's backbone starts from."""
+        weights = pretrained
+        if init.d:
+            # LoveDA's R-18/101 and HRNet-W18-Small/W48 configs override their parent's
+            # `pretrained` with backbone.init_cfg (mmseg asserts that not both are set: the
+            # init_cfg is the checkpoint meant, the one of this backbone)
+            init.expect("type", "Pretrained")
+            init.expect("prefix", "backbone.", "backbone.")
+            weights = init.take("checkpoint")
+        if weights is None:
+            weights = ""
+        elif not WEIGHTS_RE.match(weights):
+            raise TranslationError(f"{self.stem}: backbone weights {weights!r}: not an "
+                                   "open-mmlab://, torchvision:// or download.openmmlab.com name")
+        self.set("MODEL.WEIGHTS", weights, "mmseg's backbone init (ImageNet); \"\" = from scratch")
+        self.facts["pretrained"] = weights
 
     def norm(self, node, key):
         n = node.node(key)
@@ -420,19 +487,21 @@ class Translation:
             raise TranslationError(f"{n.path}: norm {kind!r}")
         return kind
 
-    def resnet(self, b):
+    def resnet(self, b, btype):
         depth = b.take("depth")
         self.facts["backbone_id"] = depth
-        self.facts["backbone"] = f"R-{depth}" + ("-D8" if b.d.get("dilations") == (1, 1, 2, 4)
-                                                else "")
         self.set("MODEL.BACKBONE.NAME", "build_dilated_resnet_backbone")
         self.set("MODEL.BACKBONE.FREEZE_AT", 0)  # norm_eval=False, frozen_stages=-1
         self.set("MODEL.RESNETS.DEPTH", depth)
-        self.set("MODEL.RESNETS.STEM_TYPE", "deep")  # V1c
+        # ResNetV1c: deep stem (3 x conv3x3); ResNet (V1b, torchvision's layout): 7x7 conv
+        self.set("MODEL.RESNETS.STEM_TYPE", "deep" if btype == "ResNetV1c" else "basic")
         b.expect("num_stages", 4)
-        self.set("MODEL.RESNETS.STAGE_DILATIONS", list(b.take("dilations")))
-        self.set("MODEL.RESNETS.STAGE_STRIDES", list(b.take("strides")))
+        dilations, strides = list(b.take("dilations")), list(b.take("strides"))
+        self.set("MODEL.RESNETS.STAGE_DILATIONS", dilations)
+        self.set("MODEL.RESNETS.STAGE_STRIDES", strides)
         self.set("MODEL.RESNETS.CONTRACT_DILATION", b.take("contract_dilation"))
+        grid = list(b.take("multi_grid", None) or [])
+        self.set("MODEL.RESNETS.MULTI_GRID", grid)
         style = b.take("style")
         if style not in ("pytorch", "caffe"):
             raise TranslationError(f"{self.stem}: ResNet style {style!r}")
@@ -442,7 +511,20 @@ class Translation:
         out = ["res2", "res3", "res4", "res5"]
         idx = list(b.take("out_indices"))
         self.set("MODEL.RESNETS.OUT_FEATURES", [out[i] for i in idx])
-        base = 64 * (4 if depth >= 50 else 1)  # ResNetV1c's defaults: base_channels=64
+        expansion = 4 if depth >= 50 else 1  # Bottleneck / BasicBlock
+        base = 64 * expansion  # mmseg's defaults: stem_channels=base_channels=64
+        self.set("MODEL.RESNETS.RES2_OUT_CHANNELS", base)
+        # mmseg's names: R-50-D8 (output stride 8, dilated), R-50b (V1b), R-101-D16-MG124
+        os_ = 4
+        for stride in strides:
+            os_ *= stride
+        name = f"R-{depth}" + ("b" if btype == "ResNet" else "")
+        if set(dilations) != {1}:
+            name += f"-D{os_}"
+        if grid:
+            name += "-MG" + "".join(map(str, grid))
+        self.facts["backbone"] = name
+        self.facts["backbone_rank"] = (0, depth, btype == "ResNet", os_, len(grid))
         return {f: base * 2 ** i for i, f in enumerate(out) if i in idx}
 
     def hrnet(self, b):
@@ -474,6 +556,7 @@ class Translation:
             bid = "W18-Small"
         self.facts["backbone_id"] = bid
         self.facts["backbone"] = f"HRNetV2p-{bid}"
+        self.facts["backbone_rank"] = (1, ["W18-Small", "W18", "W48"].index(bid))
         names = [f"hr{i + 1}" for i in range(4)]
         self.set("MODEL.HRNET.OUT_FEATURES", names)
         return dict(zip(names, widths))
@@ -531,7 +614,14 @@ class Translation:
             raise TranslationError(f"{h.path}.loss_decode: unknown {sorted(loss)}")
         if args.pop("out_channels", None) not in (None, num_classes):
             raise TranslationError(f"{h.path}.out_channels: d2seg has num_classes outputs")
-        for k, v in dict(threshold=None, conv_cfg=None, act_cfg=dict(type="ReLU"), sampler=None,
+        sampler = args.pop("sampler", None)
+        if sampler is not None:  # mmseg's OHEMPixelSampler (DeepLabV3(+) D16-MG124)
+            sampler = Node(sampler, f"{h.path}.sampler")
+            self.root.children.append(sampler)
+            sampler.expect("type", "OHEMPixelSampler")
+            self.set(f"{node}.OHEM_THRESH", sampler.take("thresh", None))
+            self.set(f"{node}.OHEM_MIN_KEPT", sampler.take("min_kept", 100000))
+        for k, v in dict(threshold=None, conv_cfg=None, act_cfg=dict(type="ReLU"),
                          init_cfg=_BASE_HEAD_INIT).items():
             if _norm(args.pop(k, v)) != _norm(v):
                 raise TranslationError(f"{h.path}.{k}: d2seg only supports {v!r}")
@@ -567,31 +657,48 @@ class Translation:
                  f"mmseg: {gpus} GPUs x {per_gpu} images (samples_per_gpu)")
         self.set("DATALOADER.NUM_WORKERS", data.take("workers_per_gpu"))
         splits = {k: data.node(k) for k in ("train", "val", "test")}
-        kind = splits["train"].take("type")
-        if kind not in DATASETS:
-            raise TranslationError(f"{self.stem}: dataset {kind!r}")
-        ds = DATASETS[kind]
-        self.facts["dataset"] = kind
+        keys = {}
         for name, split in splits.items():
-            if name != "train":
-                split.expect("type", kind)
+            layout = "train" if name == "train" else "val"
+            keys[name] = key = find_dataset(split.take("type"), split.d.get("img_dir"), layout)
             split.take("data_root")  # d2seg: $DETECTRON2_DATASETS (see docs/datasets.md)
-            layout = ds["layout"]["train" if name == "train" else "val"]
+            want = DATASETS[key]["layout"][layout]
             for k in ("img_dir", "ann_dir", "split"):
-                if k in layout or split.has(k):
-                    split.expect(k, layout.get(k))
-        self.set("DATASETS.TRAIN", (ds["train"],))
-        self.set("DATASETS.TEST", (ds["test"],))
+                if k in want or split.has(k):
+                    split.expect(k, want.get(k))
+            splits[name].reduce = split.take("reduce_zero_label", None)  # checked below
+            if DATASETS[key]["num_classes"] != self.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
+                raise TranslationError(f"{self.stem}: heads predict "
+                                       f"{self.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES} classes, "
+                                       f"data.{name} ({key}) has {DATASETS[key]['num_classes']}")
+        if keys["val"] != keys["train"]:
+            raise TranslationError(f"{self.stem}: data.val is {keys['val']}, data.train "
+                                   f"{keys['train']}: d2seg evaluates the train set's val split")
+        self.facts["dataset"] = keys["test"]
+        self.set("DATASETS.TRAIN", (DATASETS[keys["train"]]["train"],))
+        note = None
+        if keys["test"] != keys["train"]:  # a test-only set (Dark Zurich, Nighttime Driving)
+            note = (f"mmseg's data.test; mmseg evaluates data.val "
+                    f"({DATASETS[keys['val']]['test']}) while training: use --eval-only")
+        self.set("DATASETS.TEST", (DATASETS[keys["test"]]["test"],), note)
 
         train = r.take("train_pipeline")
         if _norm(splits["train"].take("pipeline")) != _norm(train):
             raise TranslationError(f"{self.stem}: data.train.pipeline != train_pipeline")
         test = r.take("test_pipeline")
-        for name in ("val", "test"):
-            if _norm(splits[name].take("pipeline")) != _norm(test):
-                raise TranslationError(f"{self.stem}: data.{name}.pipeline != test_pipeline")
+        if _norm(splits["test"].take("pipeline")) != _norm(test):
+            raise TranslationError(f"{self.stem}: data.test.pipeline != test_pipeline")
+        val = splits["val"].take("pipeline")
+        if keys["test"] == keys["val"] and _norm(val) != _norm(test):
+            raise TranslationError(f"{self.stem}: data.val.pipeline != test_pipeline")
         self.train_pipeline(train)
         self.test_pipeline(test)
+        # COCO-Stuff 10k also passes reduce_zero_label to the dataset (for evaluation)
+        for name, split in splits.items():
+            if split.reduce not in (None, self.cfg.INPUT.REDUCE_ZERO_LABEL):
+                raise TranslationError(f"{self.stem}: data.{name}.reduce_zero_label="
+                                       f"{split.reduce} but LoadAnnotations says "
+                                       f"{self.cfg.INPUT.REDUCE_ZERO_LABEL}")
 
     def steps(self, pipeline, path, kinds):
         if [s.get("type") for s in pipeline] != kinds:
@@ -657,6 +764,26 @@ class Translation:
         norm.expect("to_rgb", self.cfg.INPUT.FORMAT == "RGB")
 
     # -- optimiser, schedule, runtime --
+    def amp(self, r):
+        """mmseg's fp16 configs: ``fp16 = dict()`` + ``Fp16OptimizerHook(loss_scale=512.)``."""
+        fp16 = r.take("fp16", None)
+        if fp16 is None:
+            r.expect("optimizer_config", {})
+            self.set("SOLVER.AMP.ENABLED", False)
+            return
+        if fp16 != {}:
+            raise TranslationError(f"{self.stem}: fp16 = {fp16!r}: d2seg only supports dict()")
+        hook = r.node("optimizer_config")
+        hook.expect("type", "Fp16OptimizerHook")
+        # mmcv keeps the scale at 512 (GradScaler.update(512.) every step, still skipping
+        # steps with inf/nan gradients); d2seg's SegAMPTrainer uses torch's dynamic GradScaler
+        hook.expect("loss_scale", 512.0)
+        self.set("SOLVER.AMP.ENABLED", True,
+                 "mmseg's fp16 (Fp16OptimizerHook): autocast, static loss scale 512; d2seg: "
+                 "torch's dynamic GradScaler")
+        self.set("SOLVER.AMP.DTYPE", "float16")
+        self.facts["fp16"] = True
+
     def schedule(self):
         r = self.root
         opt = r.node("optimizer")
@@ -666,7 +793,7 @@ class Translation:
         wd = opt.take("weight_decay")
         self.set("SOLVER.WEIGHT_DECAY", wd)
         self.set("SOLVER.WEIGHT_DECAY_NORM", wd)  # no paramwise_cfg: norms decay too
-        r.expect("optimizer_config", {})
+        self.amp(r)
         lr = r.node("lr_config")
         lr.expect("policy", "poly")
         lr.expect("by_epoch", False)
@@ -695,6 +822,7 @@ class Translation:
         r.expect("load_from", None)
         r.expect("resume_from", None)
         r.expect("workflow", [("train", 1)])
+        r.expect("auto_resume", False, False)  # --resume decides in Detectron2
 
 
 def _plain(v):
@@ -835,10 +963,6 @@ class Generator:
             f"# MMSegmentation 0.30: configs/{stem}.py",
             "# Generated by tools/generate_configs.py from mmseg's config: edit the generator.",
         ]
-        parent_pre = None if kind == "model" else self.done[name].facts["pretrained"]
-        if t.facts["pretrained"] != parent_pre:
-            header.append(f"# mmseg's backbone init: {t.facts['pretrained']} (ImageNet; "
-                          "see docs/model_zoo.md)")
         lines = header + [f'_BASE_: "{base}"'] + dump_keys(diff, t.notes)
         text = "\n".join(lines) + "\n"
         rel = stem + ".yaml"
@@ -853,10 +977,11 @@ class Generator:
 
 
 def select_stems(root):
+    """Every mmseg config of the methods, less BLOCKED."""
     stems = []
     for folder in METHODS:
         for f in sorted(os.listdir(os.path.join(root, folder))):
-            if f.endswith(".py") and STEM_RE.match(f[:-3]):
+            if f.endswith(".py") and f"{folder}/{f[:-3]}" not in BLOCKED:
                 stems.append(f"{folder}/{f[:-3]}")
     return stems
 
@@ -904,7 +1029,8 @@ def readme(folder, translations, meta_root, d2seg_results):
         "- **mmseg** columns: MMSegmentation 0.30's reported results (its metafile "
         f"`configs/{folder}/{folder}.yml`): single-scale mIoU, multi-scale + flip mIoU "
         "(ms+flip), training memory per GPU (Mem, GB) and inference speed (fps, from "
-        "mmseg's `tools/benchmark.py` on a V100); `-` = not reported.",
+        "mmseg's `tools/benchmark.py` on a V100); `-` = not reported (or the config is not in "
+        "the metafile).",
         "- **d2seg mIoU**: single-scale mIoU of d2seg trained with that config; "
         "\"—\" = not yet trained.",
         "- **Batch** is the total batch (`SOLVER.IMS_PER_BATCH`) = mmseg's GPUs x images per GPU.",
@@ -923,8 +1049,12 @@ def readme(folder, translations, meta_root, d2seg_results):
         for t in sorted(ts, key=_row_key):
             name = t.stem.split("/")[1]
             m = models.get(name)
-            if m is None:
-                raise TranslationError(f"{name} is not in mmseg's metafile {folder}.yml")
+            weights = m and m["Weights"]
+            if m is None:  # not in mmseg's metafile: no reported figures
+                m = {"Results": {"Metrics": {}}}
+                # Dark Zurich / Nighttime Driving test mmseg's Cityscapes checkpoints
+                twin = models.get(re.sub(r"_(dark|night_driving)$", "_cityscapes", name), {})
+                weights = twin.get("Weights")
             md = m.get("Metadata", {})
             inf = md.get("inference time (ms/im)")
             fps = "-" if not inf else f"{1000.0 / inf[0]['value']:.2f}"
@@ -936,35 +1066,54 @@ def readme(folder, translations, meta_root, d2seg_results):
             backbone = t.facts["backbone"]
             if "mask_size" in t.facts:
                 backbone += f" (mask {t.facts['mask_size'][0]}x{t.facts['mask_size'][1]})"
+            if t.cfg.MODEL.SEM_SEG_HEAD.DILATION != 1:  # FCN D6: dilated head convs
+                backbone = f"D{t.cfg.MODEL.SEM_SEG_HEAD.DILATION}-" + backbone
+            if t.facts.get("fp16"):
+                backbone += " (fp16)"
             lines.append(
                 f"| {backbone} | {crop} | {t.cfg.SOLVER.MAX_ITER // 1000}k | "
                 f"{t.cfg.SOLVER.IMS_PER_BATCH} | {_num(mem)} | {fps} | "
                 f"{_miou(metrics.get('mIoU'))} | {_miou(metrics.get('mIoU(ms+flip)'))} | "
                 f"{'—' if ours is None else _miou(ours)} | [config]({name}.yaml) | "
-                f"[model]({m['Weights']}) |")
+                f"{f'[model]({weights})' if weights else '-'} |")
         lines.append("")
-    slide = any(t.cfg.TEST.MODE == "slide" for t in translations)
+    slides = sorted({(tuple(t.cfg.TEST.CROP_SIZE), tuple(t.cfg.TEST.STRIDE))
+                     for t in translations if t.cfg.TEST.MODE == "slide"})
+    aligned = any(t.cfg.MODEL.SEM_SEG_HEAD.ALIGN_CORNERS for t in translations)
     lines += [
         "Notes",
         "",
-        "- Cityscapes 512x1024 and ADE20K/VOC 512x512 configs test on the whole image "
-        "(`TEST.MODE whole`, resized to `INPUT.TEST_IMG_SCALE`) with `align_corners=False`"
-        + ("; the 769x769 Cityscapes configs use `align_corners=True` and sliding-window "
-           "inference (`TEST.MODE slide`, 769x769 windows, stride 513)." if slide else "."),
+        "- Each config's `MODEL.WEIGHTS` is the ImageNet checkpoint mmseg's config initialises "
+        "the backbone from (`open-mmlab://...`, `torchvision://...`; see "
+        "[docs/checkpoints.md](../../docs/checkpoints.md)); `MODEL.WEIGHTS \"\"` trains from "
+        "scratch.",
+        "- `TEST.MODE whole` configs test on the whole image, resized to "
+        "`INPUT.TEST_IMG_SCALE`"
+        + ("; `TEST.MODE slide` configs use sliding-window inference ("
+           + ", ".join(f"{c[0]}x{c[1]} windows, stride {st[0]}" for c, st in slides) + ")"
+           if slides else "")
+        + (", with `align_corners=True` in the 769x769 Cityscapes configs." if aligned else "."),
         "- ms+flip is mmseg's `tools/test.py --aug-test`: softmax averaged over the image "
         "resized by 0.5, 0.75, 1.0, 1.25, 1.5 and 1.75, each also flipped.",
-        "",
     ]
+    if any(t.facts.get("fp16") for t in translations):
+        lines.append("- fp16 configs set `SOLVER.AMP.ENABLED True` (float16 autocast). mmseg "
+                     "keeps a static loss scale of 512; d2seg uses torch's dynamic GradScaler.")
+    if any(t.facts["dataset"] in ("dark_zurich", "night_driving") for t in translations):
+        lines.append("- Dark Zurich and Nighttime Driving are test sets for Cityscapes models: "
+                     "these configs train on Cityscapes (as mmseg's) and test on the set named in "
+                     "`DATASETS.TEST`; run them with `--eval-only`. Their model links are "
+                     "mmseg's Cityscapes checkpoints of the same model and schedule.")
+    blocked = [(stem, why) for stem, (_, why) in BLOCKED.items() if folder_of(stem) == folder]
+    for stem, why in blocked:
+        lines.append(f"- Not generated: `{stem.split('/')[1]}` ({why}).")
+    lines.append("")
     return "\n".join(lines)
 
 
-_BACKBONE_RANK = ["R-50-D8", "R-50", "R-101-D8", "R-101", "HRNetV2p-W18-Small", "HRNetV2p-W18",
-                  "HRNetV2p-W48"]
-
-
 def _row_key(t):
-    return (t.facts["crop"] == [769, 769], _BACKBONE_RANK.index(t.facts["backbone"]),
-            t.cfg.SOLVER.MAX_ITER, t.cfg.SOLVER.IMS_PER_BATCH)
+    return (t.facts["crop"] == [769, 769], t.facts["backbone_rank"], t.facts.get("fp16", False),
+            t.cfg.SOLVER.MAX_ITER, t.cfg.SOLVER.IMS_PER_BATCH, t.stem)
 
 
 def main(argv=None):

@@ -8,7 +8,7 @@
 
 Output stride 8/16/32 comes from per-stage strides and dilations (``STAGE_STRIDES``,
 ``STAGE_DILATIONS``); like mmseg's ``contract_dilation`` the first block of a dilated stage uses
-half the dilation.
+half the dilation; mmseg's ``multi_grid`` (``MULTI_GRID``) sets res5's per-block dilations.
 """
 import torch.nn.functional as F
 
@@ -98,15 +98,23 @@ def build_dilated_resnet_backbone(cfg, input_shape: ShapeSpec):
     in_channels = r.STEM_OUT_CHANNELS
     out_channels = r.RES2_OUT_CHANNELS
     bottleneck_channels = r.NUM_GROUPS * r.WIDTH_PER_GROUP
+    multi_grid = list(r.MULTI_GRID)
+    if multi_grid and len(multi_grid) < num_blocks[-1]:
+        raise ValueError(f"MODEL.RESNETS.MULTI_GRID={multi_grid} needs one dilation per res5 block "
+                         f"({num_blocks[-1]} for depth {r.DEPTH})")
     stages = []
-    for n, stride, dilation in zip(num_blocks, r.STAGE_STRIDES, r.STAGE_DILATIONS):
+    for i, (n, stride, dilation) in enumerate(zip(num_blocks, r.STAGE_STRIDES, r.STAGE_DILATIONS)):
+        if multi_grid and i == 3:  # mmseg: multi_grid replaces res5's dilations outright
+            dilations = multi_grid[:n]
+        else:
+            dilations = _stage_dilations(n, dilation, r.CONTRACT_DILATION)
         kwargs = dict(
             num_blocks=n,
             in_channels=in_channels,
             out_channels=out_channels,
             norm=r.NORM,
             stride_per_block=[stride] + [1] * (n - 1),
-            dilation_per_block=_stage_dilations(n, dilation, r.CONTRACT_DILATION),
+            dilation_per_block=dilations,
         )
         if bottleneck:
             kwargs.update(

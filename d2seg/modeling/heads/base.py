@@ -11,7 +11,8 @@ from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.utils.events import get_event_storage
 
-from ..losses import cross_entropy, pixel_accuracy
+from ...export.tracing import is_exporting
+from ..losses import cross_entropy, ohem_pixel_weight, pixel_accuracy
 
 __all__ = ["BaseDecodeHead", "head_config_node", "resize"]
 
@@ -19,8 +20,10 @@ INPUT_TRANSFORMS = ("", "resize_concat", "multiple_select")
 
 
 def resize(x: torch.Tensor, size, align_corners: bool) -> torch.Tensor:
-    """Bilinear resize; a no-op when ``x`` already has ``size`` (as F.interpolate would be)."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    """Bilinear resize; a no-op when ``x`` already has ``size`` (as F.interpolate would be).
+    While exporting, the size test would be frozen into the graph for the example's size, so
+    the graph always interpolates (a same-size bilinear resize is exactly the identity)."""
+    if not is_exporting() and tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
@@ -55,6 +58,8 @@ class BaseDecodeHead(nn.Module):
         loss_weight: float = 1.0,
         class_weight: Optional[List[float]] = None,
         avg_non_ignore: bool = False,
+        ohem_min_kept: int = 0,
+        ohem_thresh: Optional[float] = None,
         loss_name: str = "loss_sem_seg",
     ):
         super().__init__()
@@ -95,6 +100,8 @@ class BaseDecodeHead(nn.Module):
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
         self.avg_non_ignore = avg_non_ignore
+        self.ohem_min_kept = ohem_min_kept  # mmseg's OHEMPixelSampler (0 = none)
+        self.ohem_thresh = ohem_thresh
         self.loss_name = loss_name
         self.register_buffer(
             "class_weight",
@@ -122,6 +129,8 @@ class BaseDecodeHead(nn.Module):
             "loss_weight": node.LOSS_WEIGHT,
             "class_weight": list(node.CLASS_WEIGHT) or None,
             "avg_non_ignore": node.LOSS_AVG_NON_IGNORE,
+            "ohem_min_kept": node.OHEM_MIN_KEPT,
+            "ohem_thresh": node.OHEM_THRESH,
             "loss_name": loss_name,
         }
 
@@ -153,12 +162,19 @@ class BaseDecodeHead(nn.Module):
         """The weighted loss of ``logits`` (resized to the label size as mmseg does); extra
         outputs of a head (DANet's PAM/CAM) pass ``log_accuracy=False``."""
         logits = resize(logits, targets.shape[-2:], self.align_corners)
+        weight = None
+        if self.ohem_min_kept > 0:  # mmseg samples on the resized logits, before the loss
+            weight = ohem_pixel_weight(
+                logits, targets, min_kept=self.ohem_min_kept, thresh=self.ohem_thresh,
+                ignore_value=self.ignore_value, class_weight=self.class_weight,
+            )
         loss = cross_entropy(
             logits,
             targets,
             ignore_value=self.ignore_value,
             class_weight=self.class_weight,
             avg_non_ignore=self.avg_non_ignore,
+            weight=weight,
         )
         if log_accuracy and self.loss_name == "loss_sem_seg":
             _log_accuracy(logits, targets, self.ignore_value)
