@@ -117,6 +117,9 @@ def add_d2seg_config(cfg: CN) -> None:
     # mmseg's multi_grid: res5's blocks use these dilations (one per block, replacing the stage
     # dilation, as mmseg's ResLayer does); [] = the stage dilation (DeepLabV3 D16-MG124: 1, 2, 4)
     _C.MODEL.RESNETS.MULTI_GRID = []
+    # without ImageNet weights: each residual block's last norm starts at 0 (mmseg's ResNet
+    # zero_init_residual, its default); convs Kaiming fan_out, norms 1/0 (d2seg/modeling/backbone)
+    _C.MODEL.RESNETS.ZERO_INIT_RESIDUAL = True
 
     # HRNetV2 (build_hrnet_backbone), mmseg's `extra` with W18 defaults: stage 1 = Bottlenecks,
     # stages 2-4 = HR modules of BasicBlocks on 2, 3, 4 branches. W18-Small and W48: see

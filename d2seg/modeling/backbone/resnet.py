@@ -10,13 +10,15 @@ Output stride 8/16/32 comes from per-stage strides and dilations (``STAGE_STRIDE
 ``STAGE_DILATIONS``); like mmseg's ``contract_dilation`` the first block of a dilated stage uses
 half the dilation; mmseg's ``multi_grid`` (``MULTI_GRID``) sets res5's per-block dilations.
 """
+from torch import nn
 import torch.nn.functional as F
 
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, CNNBlockBase, ResNet
 
-__all__ = ["DeepStem", "DilatedBasicBlock", "build_dilated_resnet_backbone", "RESNET_BLOCKS"]
+__all__ = ["DeepStem", "DilatedBasicBlock", "build_dilated_resnet_backbone", "RESNET_BLOCKS",
+           "init_like_mmseg"]
 
 # depth -> (blocks per stage, bottleneck?)
 RESNET_BLOCKS = {
@@ -78,6 +80,30 @@ def _stage_dilations(num_blocks: int, dilation: int, contract: bool):
     return [first] + [dilation] * (num_blocks - 1)
 
 
+def init_like_mmseg(resnet: nn.Module, zero_init_residual: bool = True) -> nn.Module:
+    """mmseg's ResNet initialisation without a checkpoint (what training from scratch starts
+    from): Kaiming-normal (fan_out, relu) convs, norms at weight 1 / bias 0, then, with
+    ``zero_init_residual`` (mmseg's default), each block's last norm at 0, so every residual
+    branch starts as the identity. Detectron2's blocks already use Kaiming fan_out, but the deep
+    stem kept PyTorch's default and no norm started at 0."""
+    for m in resnet.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm)) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if zero_init_residual:
+        for m in resnet.modules():
+            last = {BottleneckBlock: "conv3", DilatedBasicBlock: "conv2"}.get(type(m))
+            norm = getattr(getattr(m, last, None), "norm", None) if last else None
+            if norm is not None and getattr(norm, "weight", None) is not None:
+                nn.init.zeros_(norm.weight)
+                nn.init.zeros_(norm.bias)
+    return resnet
+
+
 @BACKBONE_REGISTRY.register()
 def build_dilated_resnet_backbone(cfg, input_shape: ShapeSpec):
     """ResNet-18/34/50/101/152 with mmseg's dilation scheme; outputs ``RESNETS.OUT_FEATURES``."""
@@ -129,4 +155,6 @@ def build_dilated_resnet_backbone(cfg, input_shape: ShapeSpec):
         stages.append(ResNet.make_stage(**kwargs))
         in_channels = out_channels
         out_channels *= 2
-    return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    resnet = init_like_mmseg(ResNet(stem, stages, out_features=r.OUT_FEATURES),
+                             zero_init_residual=r.ZERO_INIT_RESIDUAL)
+    return resnet.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
