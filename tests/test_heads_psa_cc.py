@@ -173,6 +173,8 @@ def test_ccnet_reuses_one_module_across_recurrence():
     ("CCHead", []),
 ])
 def test_gradients_reach_every_parameter(head, opts):
+    # mmseg's zero_init_residual gates each residual branch at init (no gradient in step 1)
+    opts = opts + ["MODEL.RESNETS.ZERO_INIT_RESIDUAL", False]
     model = build_model(tiny_cfg(head=head, opts=opts)).train()
     for m in model.modules():  # Scale(0) gates the attention branch at init
         if isinstance(m, Scale):

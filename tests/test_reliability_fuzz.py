@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -73,7 +74,7 @@ def test_full_pipeline_never_crashes_on_valid_input(sample, opts, seed):
     label, _ = sample
     out, mapper = _map(label, opts + ["INPUT.PHOTOMETRIC_DISTORTION", True], seed)
     img, seg = out["image"], out["sem_seg"]
-    assert img.dtype.is_floating_point and img.shape[1:] == seg.shape
+    assert img.dtype == torch.uint8 and img.shape[1:] == seg.shape  # uint8 to the device
     assert float(img.min()) >= 0 and float(img.max()) <= 255
     ids = set(np.unique(seg.numpy()))
     assert ids <= set(np.unique(label)) and ids <= set(range(NUM_CLASSES)) | {255}
