@@ -179,6 +179,8 @@ def bench_inference(name, stem, yaml, args):
         d_plain = (plain.encode_decode(small) - mm.encode_decode(small, img_metas(64, 128))
                    ).abs().max().item()
     model = optimize_for_inference(copy.deepcopy(plain), plain.speed)
+    # the exported graph is built from the plain model (MODEL.SPEED's CPU kernels do not export)
+    plain_exportable = plain if args.onnx else None
     del plain
     raw = torch.randint(0, 256, (1, 3, h, w), generator=g).float()
     norm = (raw - MEAN) / STD
@@ -191,19 +193,59 @@ def bench_inference(name, stem, yaml, args):
     def run_d2():
         return model(inputs)[0]["sem_seg"].argmax(dim=0).cpu().numpy()
 
+    sides = {"mmseg": run_mm, "d2seg": run_d2}
+    if args.onnx:
+        run_ort, ort_logits = onnx_runner(plain_exportable, raw, args.threads)
+        sides["onnxruntime"] = run_ort
     with torch.no_grad():
         ref_logits = mm.encode_decode(norm, metas)
         opt_logits = model.predict_logits(model.normalize(raw[0])[None])
         d_opt = (opt_logits - ref_logits).abs().max().item()
         scale = ref_logits.abs().max().item()
-        same_pred = (run_mm()[0] == run_d2()).mean()
+        ref_pred = run_mm()[0]
+        same_pred = (ref_pred == run_d2()).mean()
         for _ in range(args.warmup):
-            run_mm(), run_d2()
-        times = interleaved({"mmseg": run_mm, "d2seg": run_d2}, args.rounds)
+            for run in sides.values():
+                run()
+        times = interleaved(sides, args.rounds)
     res = summarize(times)
     res.update(max_dlogit_plain=d_plain, max_dlogit_opt=d_opt, logit_scale=scale,
                same_argmax=float(same_pred))
+    if args.onnx:
+        import onnxruntime
+
+        ort_med = statistics.median(times["onnxruntime"])
+        res.update(onnxruntime_version=onnxruntime.__version__,
+                   ratio_onnxruntime=ort_med / res["mmseg"],
+                   ratio_onnxruntime_vs_d2seg=ort_med / res["d2seg"],
+                   onnxruntime_s=ort_med,
+                   max_dlogit_onnxruntime=(ort_logits - ref_logits).abs().max().item(),
+                   same_argmax_onnxruntime=float((ref_pred == run_ort()).mean()))
     return res
+
+
+def onnx_runner(model, raw, threads):
+    """ONNX Runtime (CPU EP, ``threads`` intra-op threads) on ``model`` exported by d2seg.export
+    at the input's size (BN folded, normalisation in the graph): the timed function (logits ->
+    argmax -> numpy, as the other sides) and the exported logits of ``raw``."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from d2seg.export.exporters import export
+    from d2seg.export.wrapper import SegmentationExportModule, plain_for_export
+
+    module = SegmentationExportModule(plain_for_export(model), "RGB")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        export(module, "onnx", path, raw, dynamic=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {"image": raw.numpy()}
+    logits = torch.from_numpy(session.run(None, feed)[0])
+    return (lambda: session.run(None, feed)[0][0].argmax(0)), logits
 
 
 def bench_train(name, stem, yaml, args):
@@ -292,6 +334,34 @@ def markdown(results, args, load_before, load_after) -> str:
     return "\n".join(out)
 
 
+def markdown_deploy(results, args) -> str:
+    """The inference table with ONNX Runtime as a third side (``--onnx``)."""
+    m = results["machine"]
+    out = [
+        f"Machine: {m['cpu']} ({m['cpu_count']} cores), torch {m['torch']}, {m['threads']} "
+        f"threads, fp32, allocator {m['allocator']}; load average (1/5/15 min) before "
+        f"{results['load_before']}, after {results['load_after']}. Input "
+        f"{args.input_size[0]}x{args.input_size[1]}; medians of {args.rounds} interleaved rounds "
+        f"after {args.warmup} warm-up ({args.clock} clock).",
+        "",
+        "| model | mmseg s | d2seg s | ORT s | d2seg / mmseg | ORT / mmseg | ORT / d2seg "
+        "| max abs dlogit vs mmseg: d2seg / ORT (logit scale) | same argmax as mmseg: d2seg / ORT |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["models"].items():
+        inf = r.get("inference")
+        if not inf or "error" in inf:
+            out.append(f"| {name} | {inf['error'] if inf else '-'} |  |  |  |  |  |  |  |")
+            continue
+        out.append(
+            f"| {name} | {inf['mmseg']:.2f} | {inf['d2seg']:.2f} | {inf['onnxruntime_s']:.2f} | "
+            f"{inf['ratio']:.2f} | {inf['ratio_onnxruntime']:.2f} | "
+            f"**{inf['ratio_onnxruntime_vs_d2seg']:.2f}** | {inf['max_dlogit_opt']:.1e} / "
+            f"{inf['max_dlogit_onnxruntime']:.1e} ({inf['logit_scale']:.1f}) | "
+            f"{100 * inf['same_argmax']:.3f} % / {100 * inf['same_argmax_onnxruntime']:.3f} % |")
+    return "\n".join(out)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="*", default=None, help="subset of names (default: all 13)")
@@ -315,6 +385,9 @@ def main():
                    help="d2seg without MODEL.SPEED.FOLD_PROJECTIONS")
     p.add_argument("--no-fused-attention", action="store_true",
                    help="d2seg without MODEL.SPEED.FUSED_ATTENTION")
+    p.add_argument("--onnx", action="store_true",
+                   help="inference: also time ONNX Runtime (CPU EP) on d2seg's exported graph "
+                        "(needs pip install d2seg[deploy]); prints the deployment table")
     p.add_argument("--no-psamask-build", action="store_true",
                    help="do not compile mmcv's PSAMask (PSANet is then skipped)")
     p.add_argument("--clock", choices=["wall", "process"], default="wall",
@@ -360,7 +433,8 @@ def main():
             print(f"{name} {task}: {json.dumps(r[task])}", file=sys.stderr, flush=True)
     load_after = [round(x, 2) for x in os.getloadavg()]
     results["load_before"], results["load_after"] = load_before, load_after
-    table = markdown(results, args, load_before, load_after)
+    table = markdown_deploy(results, args) if args.onnx else \
+        markdown(results, args, load_before, load_after)
     print(table)
     if args.output:
         with open(args.output, "w") as f:
