@@ -137,9 +137,20 @@ def add_d2seg_config(cfg: CN) -> None:
     _C.INPUT.IMG_SCALE = [2048, 1024]
     _C.INPUT.RATIO_RANGE = [0.5, 2.0]  # train-time ratio range; [] = fixed IMG_SCALE
     _C.INPUT.TEST_IMG_SCALE = [2048, 1024]  # keep-ratio resize at test time; [] = no resize
+    # mmseg's ResizeToMultiple(size_divisor) after the test resize (every TTA view too): the
+    # image is resized again (bilinear) so both sides are rounded up to a multiple; 0 = off
+    _C.INPUT.TEST_SIZE_DIVISOR = 0
     _C.INPUT.SIZE_DIVISIBILITY = 0  # pad training batches to a multiple of this (0 = no)
     _C.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 0.75  # mmseg's cat_max_ratio of RandomCrop
     _C.INPUT.PHOTOMETRIC_DISTORTION = True  # mmseg's PhotoMetricDistortion
+    # mmseg's RandomRotate (after RandomFlip): with probability PROB the image and label are
+    # rotated about their centre by an angle ~ U(DEGREE) (cv2.warpAffine as mmcv.imrotate,
+    # same size: the corners are cut off)
+    _C.INPUT.ROTATE = CN()
+    _C.INPUT.ROTATE.PROB = 0.0  # rotation probability; 0 = no RandomRotate step
+    _C.INPUT.ROTATE.DEGREE = [-30.0, 30.0]  # (min, max) angle in degrees (positive: clockwise)
+    _C.INPUT.ROTATE.PAD_VALUE = 0  # image value of the uncovered corners (mmseg's pad_val)
+    _C.INPUT.ROTATE.SEG_PAD_VALUE = 255  # label value there (mmseg's seg_pad_val: ignored)
     _C.INPUT.REDUCE_ZERO_LABEL = False  # 0 -> 255, k -> k-1 when reading labels (ADE20K)
     # Validate every label map (values in [0, NUM_CLASSES) or IGNORE_VALUE, size = image size).
     _C.INPUT.CHECK_LABELS = True
@@ -152,15 +163,35 @@ def add_d2seg_config(cfg: CN) -> None:
     _C.TEST.CROP_SIZE = [769, 769]  # slide: window (h, w)
     _C.TEST.STRIDE = [513, 513]  # slide: step (h, w)
     _C.TEST.AUG.RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # multi-scale test ratios (TEST.AUG)
+    # With TEST.AUG.ENABLED: True = the augmented test is THE test (periodic evaluation while
+    # training, the final one, --eval-only), as in mmseg configs whose test_pipeline itself has
+    # several views (MultiScaleFlipAug with img_ratios / flip=True: mmseg runs aug_test). False =
+    # single-scale evaluation, plus one augmented test after training (mmseg's --aug-test).
+    _C.TEST.AUG.ALWAYS = False
+    # Metrics the evaluator reports besides mIoU / mACC / fwIoU / pACC (always there): any of
+    # "mDice" (+ per-class Dice) and "mFscore" (+ Fscore, Precision, Recall per class; beta 1),
+    # mmseg's `evaluation.metric`, from the same confusion matrix
+    _C.TEST.METRICS = ["mIoU"]
 
     # ---- solver ------------------------------------------------------------------------------
     _C.SOLVER.POLY_LR_POWER = 0.9  # WarmupPolyLR: lr = (base - min) * (1 - t)^power + min
     _C.SOLVER.POLY_LR_MIN_LR = 1e-4  # WarmupPolyLR: mmseg's min_lr (absolute)
+    # "SGD" (Detectron2's, with MOMENTUM / NESTEROV) or "AdamW" (mmseg's rsb-pretrain configs);
+    # both take Detectron2's parameter groups (WEIGHT_DECAY_NORM, WEIGHT_DECAY_BIAS, ...)
+    _C.SOLVER.OPTIMIZER = "SGD"
+    _C.SOLVER.BETAS = (0.9, 0.999)  # AdamW: torch's / mmcv's defaults
+    _C.SOLVER.EPS = 1e-8  # AdamW
+    # SOLVER.CLIP_GRADIENTS.CLIP_TYPE also takes "full_model": one norm over all gradients
+    # (mmcv's OptimizerHook grad_clip=dict(max_norm=CLIP_VALUE, norm_type=NORM_TYPE))
 
     # ---- speed (d2seg/modeling/speed.py, tools/benchmark.py, docs/benchmark.md) --------------
     # SOLVER.AMP.ENABLED: training AND inference under autocast in this dtype (float16 or
     # bfloat16; mmseg's fp16 configs train and test in fp16); the one AMP dtype key
     _C.SOLVER.AMP.DTYPE = "float16"
+    # float16 loss scale: 0 = torch's dynamic GradScaler; > 0 = static, as mmcv's
+    # Fp16OptimizerHook(loss_scale=512.) of mmseg's fp16 configs (steps with inf/nan gradients
+    # are still skipped, the scale never changes)
+    _C.SOLVER.AMP.LOSS_SCALE = 0.0
     _C.MODEL.SPEED = CN()
     # CPU fp32 3x3 stride-1 convs by Winograd: "" = direct, "F2" = F(2x2,3x3) (>= 256 channels,
     # undilated; rounding as direct), "F4" = F(4x4,3x3) (>= 128 channels, dilation <= 4; faster,

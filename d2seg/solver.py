@@ -1,9 +1,19 @@
-"""mmseg's poly learning-rate schedule on Detectron2's scheduler classes."""
+"""mmseg's optimisers and learning-rate schedules on Detectron2's solver classes."""
+import torch
 from detectron2.solver import build_lr_scheduler as build_d2_lr_scheduler
+from detectron2.solver import build_optimizer as build_d2_optimizer
+from detectron2.solver.build import (
+    _generate_optimizer_class_with_gradient_clipping,
+    get_default_optimizer_params,
+    maybe_add_gradient_clipping,
+)
 from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
 from fvcore.common.param_scheduler import ParamScheduler
 
-__all__ = ["PolyParamScheduler", "build_lr_scheduler"]
+__all__ = ["PolyParamScheduler", "build_lr_scheduler", "build_optimizer"]
+
+OPTIMIZERS = ("SGD", "AdamW")
+CLIP_TYPES = ("value", "norm", "full_model")
 
 
 class PolyParamScheduler(ParamScheduler):
@@ -20,7 +30,8 @@ class PolyParamScheduler(ParamScheduler):
 
 def build_lr_scheduler(cfg, optimizer):
     """``WarmupPolyLR`` (mmseg's schedule, with Detectron2's optional warm-up); any other
-    SOLVER.LR_SCHEDULER_NAME goes to Detectron2's builder."""
+    SOLVER.LR_SCHEDULER_NAME goes to Detectron2's builder (``WarmupMultiStepLR`` with a linear
+    warm-up is mmcv's ``policy='step'`` with ``warmup='linear'``: the same factors)."""
     if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupPolyLR":
         return build_d2_lr_scheduler(cfg, optimizer)
     sched = PolyParamScheduler(cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_MIN_LR / cfg.SOLVER.BASE_LR)
@@ -32,3 +43,51 @@ def build_lr_scheduler(cfg, optimizer):
             cfg.SOLVER.WARMUP_METHOD,
         )
     return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)
+
+
+def _clip_full_model(clip):
+    """mmcv's ``OptimizerHook(grad_clip=dict(max_norm, norm_type))``: one norm over every
+    gradient of the model (Detectron2's "norm" clips each parameter on its own)."""
+    max_norm, norm_type = clip.CLIP_VALUE, clip.NORM_TYPE
+
+    def clip_all(params):
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm,
+                                       norm_type)
+
+    return clip_all
+
+
+def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SOLVER.OPTIMIZER: "SGD" is Detectron2's ``build_optimizer``; "AdamW" (mmseg's
+    rsb-pretrain configs) takes the same parameter groups (SOLVER.WEIGHT_DECAY_NORM/_BIAS,
+    BIAS_LR_FACTOR) and SOLVER.BETAS / EPS. SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model" clips
+    the norm of all gradients together, as mmcv's OptimizerHook; under AMP the GradScaler
+    unscales the gradients before ``step`` clips them."""
+    name = cfg.SOLVER.OPTIMIZER
+    if name not in OPTIMIZERS:
+        raise ValueError(f"SOLVER.OPTIMIZER={name!r}: d2seg builds one of {OPTIMIZERS}")
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE not in CLIP_TYPES:
+        raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clip.CLIP_TYPE!r}: one of {CLIP_TYPES}")
+    full_model = clip.ENABLED and clip.CLIP_TYPE == "full_model"
+    if name == "SGD" and not full_model:
+        return build_d2_optimizer(cfg, model)
+    params = get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+    )
+    if name == "SGD":
+        cls, args = torch.optim.SGD, dict(momentum=cfg.SOLVER.MOMENTUM,
+                                          nesterov=cfg.SOLVER.NESTEROV)
+    else:
+        cls, args = torch.optim.AdamW, dict(betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS)
+    if full_model:
+        cls = _generate_optimizer_class_with_gradient_clipping(
+            cls, global_clipper=_clip_full_model(clip))
+    else:
+        cls = maybe_add_gradient_clipping(cfg, cls)
+    return cls(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, foreach=True,
+               **args)

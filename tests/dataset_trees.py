@@ -330,6 +330,39 @@ REGISTRATIONS.update({
 })
 
 
+# ---- the occlusion-aware face dataset (mmseg's FaceOccludedDataset) --------------------------
+from d2seg.data.datasets import occlusion_face  # noqa: E402
+
+REGISTRATIONS["occlusion_face"] = (occlusion_face.register_occlusion_face,
+                                   list(occlusion_face.OCCLUSION_FACE_SETS))
+FACE_TRAIN, FACE_VAL = ["00012", "00034"], ["real_0001", "real_0002"]
+FACE_SETS = ("NatOcc_hand_sot", "NatOcc_object", "RandOcc")
+
+
+def face_mask(seed, h=H, w=W):
+    """0 = background, 1 = face (a centred box, shifted by seed), as the generator's mask/255."""
+    m = np.zeros((h, w), np.uint8)
+    m[2 + seed % 3: h - 3, 4 + seed % 5: w - 4] = 1
+    return m
+
+
+def make_occlusion_face(root, train=FACE_TRAIN, val=FACE_VAL):
+    """The official layout under ``root/occlusion-aware-face-dataset``: the generator's three
+    training sets (img/*.jpg, mask/*.png 0/1) of the faces in the root's train.txt, and RealOcc
+    (image/, mask/, split/val.txt). Returns that folder."""
+    base = os.path.join(root, "occlusion-aware-face-dataset")
+    write_lines(os.path.join(base, "train.txt"), train)
+    for k, name in enumerate(FACE_SETS):
+        for i, stem in enumerate(train):
+            save_image(os.path.join(base, name, "img", stem + ".jpg"), seed=10 * k + i)
+            save_label(os.path.join(base, name, "mask", stem + ".png"), face_mask(10 * k + i))
+    for i, stem in enumerate(val):
+        save_image(os.path.join(base, "RealOcc", "image", stem + ".jpg"), seed=100 + i)
+        save_label(os.path.join(base, "RealOcc", "mask", stem + ".png"), face_mask(100 + i))
+    write_lines(os.path.join(base, "RealOcc", "split", "val.txt"), val)
+    return base
+
+
 # ---- checks shared by the tests of those datasets --------------------------------------------
 def load_tool(name):
     """tools/datasets/<name>.py as a module."""

@@ -117,6 +117,7 @@ def test_export_tool_writes_model_and_export_json(tmp_path, capsys):
     assert info["output"]["name"] == "labels" and info["output"]["dtype"] == "int64"
     assert info["opset"] == 17 and info["torch"] == torch.__version__ and info["dynamic"]
     assert len(info["normalization_in_graph"]["mean_rgb"]) == 3
+    assert info["test_size_divisor"] == 0  # mmseg's ResizeToMultiple: not in this config
     assert set(info["parity"]) == {"1x3x64x96", "2x3x49x75"}  # export size + a second one
     assert all(f["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT for f in info["parity"].values())
     assert "parity 2x3x49x75" in capsys.readouterr().out

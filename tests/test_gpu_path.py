@@ -275,3 +275,41 @@ def test_amp_trainer_logs_the_grad_scaler():
         trainer.storage = storage
         trainer.run_step()
         assert storage.history("[metric]grad_scaler").latest() == trainer.grad_scaler.get_scale()
+
+
+@pytest.mark.parametrize("loss_scale", [0.0, 512.0])
+def test_static_loss_scale_stays_and_skips_bad_steps(loss_scale):
+    """SOLVER.AMP.LOSS_SCALE 512 is mmcv's Fp16OptimizerHook(loss_scale=512.) of mmseg's fp16
+    configs: the scale stays 512 after good steps and after a step with inf gradients (which is
+    skipped); 0 is torch's dynamic scaler, which halves on the bad step."""
+    from d2seg.engine.amp import build_step_trainer
+
+    cfg = common.tiny_cfg(opts=["SOLVER.AMP.ENABLED", True, "SOLVER.AMP.DTYPE", "float16",
+                                "SOLVER.AMP.LOSS_SCALE", loss_scale])
+    model = build_model(cfg)
+    batch = common.random_batch(2, 32, 32)
+    trainer = build_step_trainer(cfg, model, iter(lambda: batch, None),
+                                 torch.optim.SGD(model.parameters(), lr=0.01))
+    start = trainer.grad_scaler.get_scale()
+    assert start == (loss_scale or 2.0 ** 16)
+    with EventStorage() as storage:
+        trainer.storage = storage
+        trainer.run_step()
+        assert trainer.grad_scaler.get_scale() == start
+        before = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        param = next(model.parameters())
+        hook = param.register_hook(lambda g: torch.full_like(g, float("inf")))
+        trainer.run_step()  # inf gradient: skipped
+        hook.remove()
+        weights = dict(model.named_parameters())
+        assert all(torch.equal(weights[k], before[k]) for k in weights)
+        assert trainer.grad_scaler.get_scale() == (loss_scale or start / 2)
+
+
+def test_negative_loss_scale_is_refused():
+    from d2seg.engine.amp import build_step_trainer
+
+    cfg = common.tiny_cfg(opts=["SOLVER.AMP.ENABLED", True, "SOLVER.AMP.LOSS_SCALE", -1.0])
+    model = build_model(cfg)
+    with pytest.raises(ValueError, match="SOLVER.AMP.LOSS_SCALE=-1.0"):
+        build_step_trainer(cfg, model, iter([]), torch.optim.SGD(model.parameters(), lr=0.01))

@@ -43,6 +43,8 @@ DATASETS = {
     "potsdam_sem_seg": (6, True), "vaihingen_sem_seg": (6, True), "isaid_sem_seg": (16, False),
     "dark_zurich_sem_seg": (19, False), "nighttime_driving_sem_seg": (19, False),
     "camvid_sem_seg": (11, False), "d2seg_shapes": (None, False),
+    **{f"occlusion_face_{s}_sem_seg": (2, False)
+       for s in ("natocc_hand_sot", "natocc_object", "randocc", "realocc")},
 }
 PARAMS = OrderedDict()  # yaml -> parameter count (printed by the last test)
 BUFFERS = {}  # yaml -> number of buffer elements

@@ -214,7 +214,7 @@ def test_pascal_context_from_mat(tmp_path):
 
 
 def test_tools_run_as_scripts(tmp_path):
-    for name in ("cityscapes", "voc_aug", "pascal_context"):
+    for name in ("cityscapes", "voc_aug", "pascal_context", "occlusion_face"):
         proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "datasets", f"{name}.py"),
                                "--help"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "--force" in proc.stdout, proc.stderr

@@ -27,7 +27,9 @@ def _from_mmseg(stem):
     from mmseg_peer import mmseg_config
 
     c = mmseg_config(stem)
-    aug = next(t for t in c.data.test.pipeline if t["type"] == "MultiScaleFlipAug")
+    # the occluded-face config has no data.test: mmseg tests (and d2seg tests) data.val
+    aug = next(t for t in c.data.get("test", c.data.val).pipeline
+               if t["type"] == "MultiScaleFlipAug")
     test_cfg = c.model.test_cfg
     slide = test_cfg.get("mode", "whole") == "slide"
     return (test_cfg.get("mode", "whole"), list(aug["img_scale"]),

@@ -179,6 +179,8 @@ def export_info(cfg, args, size, output_name, figures) -> dict:
         "slide_crop_size": list(cfg.TEST.CROP_SIZE) if cfg.TEST.MODE == "slide" else None,
         "slide_stride": list(cfg.TEST.STRIDE) if cfg.TEST.MODE == "slide" else None,
         "test_img_scale": list(cfg.INPUT.TEST_IMG_SCALE),
+        # then resized (again) up to multiples of this; 0 = not (mmseg's ResizeToMultiple)
+        "test_size_divisor": cfg.INPUT.TEST_SIZE_DIVISOR,
         "opset": args.opset if args.format == "onnx" else None,
         "torch": torch.__version__,
         "d2seg": d2seg.__version__,

@@ -56,15 +56,6 @@ METHODS = OrderedDict([
 # mmseg configs that d2seg cannot express yet: stem -> why (the generator reports them; the
 # test checks that each still fails, with this reason, so the list cannot go stale)
 BLOCKED = {  # stem -> (what the translation stops at, why d2seg cannot run it)
-    "pspnet/pspnet_r50-d8_rsb-pretrain_512x1024_adamw_80k_cityscapes": (
-        "optimizer.type = 'AdamW'", "AdamW with whole-model gradient clipping (max_norm=1) and a "
-        "step schedule: d2seg's Trainer.build_optimizer is Detectron2's SGD, whose "
-        "CLIP_GRADIENTS clips each parameter alone"),
-    "pspnet/pspnet_r50-d32_rsb-pretrain_512x1024_adamw_80k_cityscapes": (
-        "optimizer.type = 'AdamW'", "as the R-50-D8 rsb-pretrain config"),
-    "deeplabv3plus/deeplabv3plus_r101_512x512_C-CM+C-WO-NatOcc-SOT": (
-        "'FaceOccludedDataset'", "the occluded-face dataset (two concatenated sets, mDice "
-        "metric) is not registered in d2seg"),
 }
 
 
@@ -84,10 +75,16 @@ _VOC_AUG = {"train": _split("JPEGImages", ["SegmentationClass", "SegmentationCla
 _CONTEXT = {s: _split("JPEGImages", "SegmentationClassContext",
                       f"ImageSets/SegmentationContext/{s}.txt") for s in ("train", "val")}
 _NIGHT = "(Cityscapes models, tested on {})"
+# mmseg's occlude_face.py: data.train is a LIST of three sets (mmseg's ConcatDataset), all
+# selected by the one train.txt at the data root; no data.test (tested on data.val)
+_FACE_TRAIN = ("NatOcc_hand_sot", "NatOcc_object", "RandOcc")
+_FACE = {"train": [_split(f"{s}/img", f"{s}/mask", "train.txt") for s in _FACE_TRAIN],
+         "val": _split("RealOcc/image", "RealOcc/mask", "RealOcc/split/val.txt")}
 # mmseg dataset -> d2seg dataset names and mmseg's data layout (checked); a type with several
 # layouts (COCO-Stuff 10k / 164k) is told apart by its train img_dir. Test-only sets (Dark
 # Zurich, Nighttime Driving) have no train split: their configs train on Cityscapes.
-# key: (mmseg type, title, classes, d2seg train name, d2seg test name, layout)
+# key: (mmseg type, title, classes, d2seg train name(s), d2seg test name, layout); a list of
+# train names is mmseg's list of train datasets, in its order (Detectron2 concatenates them)
 _ROWS = [
     ("cityscapes", "CityscapesDataset", "Cityscapes", 19, "cityscapes_fine_sem_seg_train",
      "cityscapes_fine_sem_seg_val", _dirs("leftImg8bit", "gtFine")),
@@ -119,6 +116,10 @@ _ROWS = [
      "Nighttime Driving " + _NIGHT.format("Nighttime Driving test"), 19, None,
      "nighttime_driving_sem_seg_test",
      {"val": _split("leftImg8bit/test/night", "gtCoarse_daytime_trainvaltest/test/night")}),
+    ("occlusion_face", "FaceOccludedDataset",
+     "Occlusion-aware face (NatOcc hand SOT + NatOcc object + RandOcc, tested on RealOcc)", 2,
+     [f"occlusion_face_{s.lower()}_sem_seg_train" for s in _FACE_TRAIN],
+     "occlusion_face_realocc_sem_seg_val", _FACE),
 ]
 DATASETS = OrderedDict(
     (key, dict(type=kind, title=title, num_classes=n, train=train, test=test, layout=layout))
@@ -129,11 +130,17 @@ def find_dataset(kind, img_dir, split):
     """The DATASETS key of an mmseg dataset ``type`` whose ``split`` layout has ``img_dir``."""
     keys = [k for k, d in DATASETS.items() if d["type"] == kind and split in d["layout"]]
     if len(keys) > 1:
-        keys = [k for k in keys if DATASETS[k]["layout"][split]["img_dir"] == img_dir]
+        keys = [k for k in keys if img_dir in [
+            p["img_dir"] for p in _parts(DATASETS[k]["layout"][split])]]
     if len(keys) != 1:
         raise TranslationError(f"dataset {kind!r} (img_dir {img_dir!r}): d2seg has no "
                                "registered dataset for it")
     return keys[0]
+
+
+def _parts(x):
+    """A dataset's train names / layouts as a list (one, or mmseg's list of train sets)."""
+    return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
 # mmseg's ImageNet initialisation (model.pretrained or backbone.init_cfg.checkpoint): the
@@ -350,7 +357,9 @@ def load_mmseg(stem):
 
 
 def mmseg_parent(path):
-    """The ``_base_`` of an mmseg config file: ('leaf', stem) or ('model', name)."""
+    """The ``_base_`` of an mmseg config file: ('leaf', stem) or ('model', name); ('model', None)
+    for a config that defines its model itself (its only base a dataset file: the occluded-face
+    config), whose parent is then the d2seg base model of its head."""
     tree = ast.parse(open(path).read())
     base = None
     for node in tree.body:
@@ -358,12 +367,16 @@ def mmseg_parent(path):
                 isinstance(t, ast.Name) and t.id == "_base_" for t in node.targets):
             base = ast.literal_eval(node.value)
     folder = os.path.basename(os.path.dirname(path))
+    if isinstance(base, str) and base.startswith("../_base_/datasets/"):
+        base = [base]
     if isinstance(base, str):
         m = re.fullmatch(r"\./(.+)\.py", base)
         if not m:
             raise TranslationError(f"{path}: unexpected _base_ {base!r}")
         return "leaf", f"{folder}/{m[1]}"
     models = [b for b in base or [] if b.startswith("../_base_/models/")]
+    if not models and base and all(b.startswith("../_base_/datasets/") for b in base):
+        return "model", None
     if len(models) != 1:
         raise TranslationError(f"{path}: expected one ../_base_/models/ in _base_ = {base!r}")
     return "model", os.path.basename(models[0])[:-3]
@@ -460,6 +473,14 @@ class Translation:
         r.take("img_scale", None)  # Pascal Context's dataset file names its scale
         r.take("dataset_type")
         r.take("data_root")
+        # the occluded-face dataset file builds data.train's list and data.val from these
+        for k in [k for k in r.d if re.fullmatch(r"dataset_(train_[A-Z]|valid)", k)]:
+            if not any(_same(r.d[k], d) for d in self.facts["data_dicts"]):
+                raise TranslationError(f"{self.stem}: variable {k} is none of data's datasets")
+            r.take(k)
+        # the rsb-pretrain configs name their backbone's init_cfg.checkpoint by this variable
+        if r.take("checkpoint", self.facts["pretrained"]) != self.facts["pretrained"]:
+            raise TranslationError(f"{self.stem}: `checkpoint` is not the backbone's init_cfg")
 
     def init_weights(self, pretrained, init):
         """MODEL.WEIGHTS: the ImageNet checkpoint mmseg's backbone starts from."""
@@ -656,17 +677,39 @@ class Translation:
         self.set("SOLVER.IMS_PER_BATCH", per_gpu * gpus,
                  f"mmseg: {gpus} GPUs x {per_gpu} images (samples_per_gpu)")
         self.set("DATALOADER.NUM_WORKERS", data.take("workers_per_gpu"))
-        splits = {k: data.node(k) for k in ("train", "val", "test")}
+        parts = {}  # data.<name> -> its Nodes (data.train may be mmseg's list of datasets)
+        for name in ("train", "val", "test"):
+            if name == "test" and not data.has("test"):
+                continue  # the occluded-face config: tested on data.val (mmseg's EvalHook)
+            v = data.take(name)
+            many = isinstance(v, (list, tuple))
+            if many and name != "train":
+                raise TranslationError(f"{self.stem}: data.{name} is a list: d2seg tests one set")
+            parts[name] = []
+            self.facts.setdefault("data_dicts", []).extend(v if many else [v])
+            for i, d in enumerate(v if many else [v]):
+                path = f"data.{name}[{i}]" if many else f"data.{name}"
+                if not isinstance(d, dict):
+                    raise TranslationError(f"mmseg key {path} = {d!r}: expected a dict")
+                parts[name].append(Node(d, path))
+                data.children.append(parts[name][-1])
         keys = {}
-        for name, split in splits.items():
+        for name, nodes in parts.items():
             layout = "train" if name == "train" else "val"
-            keys[name] = key = find_dataset(split.take("type"), split.d.get("img_dir"), layout)
-            split.take("data_root")  # d2seg: $DETECTRON2_DATASETS (see docs/datasets.md)
-            want = DATASETS[key]["layout"][layout]
-            for k in ("img_dir", "ann_dir", "split"):
-                if k in want or split.has(k):
-                    split.expect(k, want.get(k))
-            splits[name].reduce = split.take("reduce_zero_label", None)  # checked below
+            found = {find_dataset(n.take("type"), n.d.get("img_dir"), layout) for n in nodes}
+            if len(found) != 1:
+                raise TranslationError(f"{self.stem}: data.{name} mixes datasets {sorted(found)}")
+            keys[name] = key = found.pop()
+            want = _parts(DATASETS[key]["layout"][layout])
+            if len(want) != len(nodes):
+                raise TranslationError(f"{self.stem}: data.{name} has {len(nodes)} dataset(s), "
+                                       f"d2seg's {key} {layout} has {len(want)}")
+            for n, w in zip(nodes, want):  # mmseg's list order = DATASETS.TRAIN's order
+                n.take("data_root")  # d2seg: $DETECTRON2_DATASETS (see docs/datasets.md)
+                for k in ("img_dir", "ann_dir", "split"):
+                    if k in w or n.has(k):
+                        n.expect(k, w.get(k))
+                n.reduce = n.take("reduce_zero_label", None)  # checked below
             if DATASETS[key]["num_classes"] != self.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
                 raise TranslationError(f"{self.stem}: heads predict "
                                        f"{self.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES} classes, "
@@ -674,30 +717,37 @@ class Translation:
         if keys["val"] != keys["train"]:
             raise TranslationError(f"{self.stem}: data.val is {keys['val']}, data.train "
                                    f"{keys['train']}: d2seg evaluates the train set's val split")
+        no_test = "test" not in keys
+        keys.setdefault("test", keys["val"])
         self.facts["dataset"] = keys["test"]
-        self.set("DATASETS.TRAIN", (DATASETS[keys["train"]]["train"],))
+        self.set("DATASETS.TRAIN", tuple(_parts(DATASETS[keys["train"]]["train"])),
+                 "mmseg's list of train sets, concatenated" if len(parts["train"]) > 1 else None)
         note = None
         if keys["test"] != keys["train"]:  # a test-only set (Dark Zurich, Nighttime Driving)
             note = (f"mmseg's data.test; mmseg evaluates data.val "
                     f"({DATASETS[keys['val']]['test']}) while training: use --eval-only")
+        elif no_test:
+            note = "mmseg's data.val (the config has no data.test)"
         self.set("DATASETS.TEST", (DATASETS[keys["test"]]["test"],), note)
 
         train = r.take("train_pipeline")
-        if _norm(splits["train"].take("pipeline")) != _norm(train):
-            raise TranslationError(f"{self.stem}: data.train.pipeline != train_pipeline")
+        for n in parts["train"]:
+            if _norm(n.take("pipeline")) != _norm(train):
+                raise TranslationError(f"{self.stem}: {n.path}.pipeline != train_pipeline")
         test = r.take("test_pipeline")
-        if _norm(splits["test"].take("pipeline")) != _norm(test):
-            raise TranslationError(f"{self.stem}: data.test.pipeline != test_pipeline")
-        val = splits["val"].take("pipeline")
+        for n in parts.get("test", []):
+            if _norm(n.take("pipeline")) != _norm(test):
+                raise TranslationError(f"{self.stem}: data.test.pipeline != test_pipeline")
+        val = parts["val"][0].take("pipeline")
         if keys["test"] == keys["val"] and _norm(val) != _norm(test):
             raise TranslationError(f"{self.stem}: data.val.pipeline != test_pipeline")
         self.train_pipeline(train)
         self.test_pipeline(test)
         # COCO-Stuff 10k also passes reduce_zero_label to the dataset (for evaluation)
-        for name, split in splits.items():
-            if split.reduce not in (None, self.cfg.INPUT.REDUCE_ZERO_LABEL):
-                raise TranslationError(f"{self.stem}: data.{name}.reduce_zero_label="
-                                       f"{split.reduce} but LoadAnnotations says "
+        for n in sum(parts.values(), []):
+            if n.reduce not in (None, self.cfg.INPUT.REDUCE_ZERO_LABEL):
+                raise TranslationError(f"{self.stem}: {n.path}.reduce_zero_label="
+                                       f"{n.reduce} but LoadAnnotations says "
                                        f"{self.cfg.INPUT.REDUCE_ZERO_LABEL}")
 
     def steps(self, pipeline, path, kinds):
@@ -717,47 +767,100 @@ class Translation:
         self.set("MODEL.PIXEL_STD", list(n.take("std")))
         self.set("INPUT.FORMAT", "RGB" if n.take("to_rgb") else "BGR")
 
+    # mmseg's train pipeline, in this order; the steps in _OPTIONAL may be left out
+    _TRAIN_STEPS = ["LoadImageFromFile", "LoadAnnotations", "Resize", "RandomCrop", "RandomFlip",
+                    "RandomRotate", "PhotoMetricDistortion", "Normalize", "Pad",
+                    "DefaultFormatBundle", "Collect"]
+    _TEST_STEPS = ["Resize", "ResizeToMultiple", "RandomFlip", "Normalize", "ImageToTensor",
+                   "Collect"]
+    _OPTIONAL = {"RandomCrop", "RandomRotate", "Pad", "ResizeToMultiple"}
+
+    def optional_steps(self, p, path, kinds):
+        """{type: Node} of ``p``, whose steps must be ``kinds`` less some of _OPTIONAL."""
+        have = {s.get("type") for s in p}
+        want = [k for k in kinds if k not in self._OPTIONAL or k in have]
+        return dict(zip(want, self.steps(p, path, want)))
+
     def train_pipeline(self, p):
         # steps without arguments (LoadImageFromFile, PhotoMetricDistortion, ...) must keep
         # mmseg's defaults: any argument given is left unread and fails the translation
-        _, ann, resize, crop, flip, _, norm, pad, _, collect = self.steps(p, "train_pipeline", [
-            "LoadImageFromFile", "LoadAnnotations", "Resize", "RandomCrop", "RandomFlip",
-            "PhotoMetricDistortion", "Normalize", "Pad", "DefaultFormatBundle", "Collect"])
+        s = self.optional_steps(p, "train_pipeline", self._TRAIN_STEPS)
+        ann, resize, flip, norm = s["LoadAnnotations"], s["Resize"], s["RandomFlip"], s["Normalize"]
         self.set("INPUT.REDUCE_ZERO_LABEL", ann.take("reduce_zero_label", False),
                  "mmseg LoadAnnotations(reduce_zero_label): 0 -> 255, k -> k-1"
                  if ann.d.get("reduce_zero_label") else None)
         self.set("INPUT.IMG_SCALE", list(resize.take("img_scale")))
-        self.set("INPUT.RATIO_RANGE", list(resize.take("ratio_range")))
+        ratio = resize.take("ratio_range", None)
+        self.set("INPUT.RATIO_RANGE", list(ratio) if ratio else [],
+                 None if ratio else "mmseg's Resize without ratio_range: IMG_SCALE itself")
         resize.expect("keep_ratio", True, True)
-        crop_size = list(crop.take("crop_size"))
-        self.set("INPUT.CROP.ENABLED", True)
-        self.set("INPUT.CROP.TYPE", "absolute")
-        self.set("INPUT.CROP.SIZE", crop_size)
-        self.set("INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", crop.take("cat_max_ratio"))
-        crop.expect("ignore_index", 255, 255)
+        if ("RandomCrop" in s) != ("Pad" in s):  # d2seg pads batches to the crop
+            raise TranslationError(f"{self.stem}: train_pipeline has RandomCrop without Pad or "
+                                   "Pad without RandomCrop")
+        if "RandomCrop" in s:
+            crop, pad = s["RandomCrop"], s["Pad"]
+            crop_size = list(crop.take("crop_size"))
+            self.set("INPUT.CROP.ENABLED", True)
+            self.set("INPUT.CROP.TYPE", "absolute")
+            self.set("INPUT.CROP.SIZE", crop_size)
+            self.set("INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", crop.take("cat_max_ratio"))
+            crop.expect("ignore_index", 255, 255)
+            pad.expect("size", crop_size)  # d2seg pads training batches to INPUT.CROP.SIZE
+            pad.expect("pad_val", 0)
+            pad.expect("seg_pad_val", 255)
+            self.facts["crop"] = crop_size
+        else:  # variable sizes: mmseg's collate pads each batch (image 0, label 255), as d2seg's
+            self.set("INPUT.CROP.ENABLED", False, "mmseg: no RandomCrop; batches padded to "
+                     "their largest image (image 0, label 255)")
+            self.facts["crop"] = None
         flip.expect("prob", 0.5)
         flip.expect("direction", "horizontal", "horizontal")
         self.set("INPUT.RANDOM_FLIP", "horizontal")
+        if "RandomRotate" in s:
+            rot = s["RandomRotate"]
+            degree = rot.take("degree")
+            if isinstance(degree, (int, float)):  # mmseg: d means (-d, d)
+                degree = (-degree, degree)
+            self.set("INPUT.ROTATE.PROB", float(rot.take("prob")), "mmseg's RandomRotate")
+            self.set("INPUT.ROTATE.DEGREE", [float(d) for d in degree])
+            self.set("INPUT.ROTATE.PAD_VALUE", rot.take("pad_val", 0))
+            self.set("INPUT.ROTATE.SEG_PAD_VALUE", rot.take("seg_pad_val", 255))
+            rot.expect("center", None, None)
+            rot.expect("auto_bound", False, False)
+        else:
+            self.set("INPUT.ROTATE.PROB", 0.0)
         self.set("INPUT.PHOTOMETRIC_DISTORTION", True)  # mmseg's defaults, see mappers
         self.normalize(norm)
-        pad.expect("size", crop_size)  # d2seg pads training batches to INPUT.CROP.SIZE
-        pad.expect("pad_val", 0)
-        pad.expect("seg_pad_val", 255)
-        collect.expect("keys", ["img", "gt_semantic_seg"])
-        self.facts["crop"] = crop_size
+        s["Collect"].expect("keys", ["img", "gt_semantic_seg"])
 
     def test_pipeline(self, p):
         _, aug = self.steps(p, "test_pipeline", ["LoadImageFromFile", "MultiScaleFlipAug"])
         self.set("INPUT.TEST_IMG_SCALE", list(aug.take("img_scale")))
-        aug.expect("flip", False)
-        if aug.has("img_ratios"):
-            raise TranslationError(f"{self.stem}: test img_ratios (use TEST.AUG)")
-        resize, _, norm, to_tensor, collect = self.steps(aug.take("transforms"),
-                                                            "test_pipeline[1].transforms", [
-            "Resize", "RandomFlip", "Normalize", "ImageToTensor", "Collect"])
+        flip = aug.take("flip", False)
+        aug.expect("flip_direction", "horizontal", "horizontal")
+        ratios = aug.take("img_ratios", None)
+        if isinstance(ratios, (int, float)):
+            ratios = [ratios]
+        views = len(ratios or [1.0]) * (2 if flip else 1)
+        if ratios is not None and views == 1:
+            raise TranslationError(f"{self.stem}: test img_ratios={ratios} without flip: one "
+                                   "rescaled view (d2seg: set INPUT.TEST_IMG_SCALE)")
+        if views > 1:  # mmseg's test itself is aug_test: d2seg's TTA is then every test
+            self.set("TEST.AUG.ENABLED", True, "mmseg's test_pipeline: MultiScaleFlipAug with "
+                     "several views, so mmseg's every evaluation is aug_test")
+            self.set("TEST.AUG.RATIOS", [float(x) for x in ratios or [1.0]])
+            self.set("TEST.AUG.FLIP", bool(flip))
+            self.set("TEST.AUG.ALWAYS", True)
+        s = self.optional_steps(aug.take("transforms"), "test_pipeline[1].transforms",
+                                self._TEST_STEPS)
+        resize, norm = s["Resize"], s["Normalize"]
         resize.expect("keep_ratio", True)
-        to_tensor.expect("keys", ["img"])
-        collect.expect("keys", ["img"])
+        if "ResizeToMultiple" in s:
+            s["ResizeToMultiple"].expect("interpolation", None, None)
+            self.set("INPUT.TEST_SIZE_DIVISOR", s["ResizeToMultiple"].take("size_divisor", 32),
+                     "mmseg's ResizeToMultiple after the test resize")
+        s["ImageToTensor"].expect("keys", ["img"])
+        s["Collect"].expect("keys", ["img"])
         mean, std = list(self.cfg.MODEL.PIXEL_MEAN), list(self.cfg.MODEL.PIXEL_STD)
         norm.expect("mean", mean)
         norm.expect("std", std)
@@ -768,7 +871,16 @@ class Translation:
         """mmseg's fp16 configs: ``fp16 = dict()`` + ``Fp16OptimizerHook(loss_scale=512.)``."""
         fp16 = r.take("fp16", None)
         if fp16 is None:
-            r.expect("optimizer_config", {})
+            hook = r.node("optimizer_config")
+            clip = hook.take("grad_clip", None)
+            if clip is not None:  # mmcv's OptimizerHook: one norm over the whole model
+                clip = Node(clip, "optimizer_config.grad_clip")
+                hook.children.append(clip)
+                self.set("SOLVER.CLIP_GRADIENTS.ENABLED", True)
+                self.set("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "full_model",
+                         "mmcv's OptimizerHook grad_clip: the norm of all gradients together")
+                self.set("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", float(clip.take("max_norm")))
+                self.set("SOLVER.CLIP_GRADIENTS.NORM_TYPE", float(clip.take("norm_type", 2)))
             self.set("SOLVER.AMP.ENABLED", False)
             return
         if fp16 != {}:
@@ -776,31 +888,60 @@ class Translation:
         hook = r.node("optimizer_config")
         hook.expect("type", "Fp16OptimizerHook")
         # mmcv keeps the scale at 512 (GradScaler.update(512.) every step, still skipping
-        # steps with inf/nan gradients); d2seg's SegAMPTrainer uses torch's dynamic GradScaler
-        hook.expect("loss_scale", 512.0)
+        # steps with inf/nan gradients): SOLVER.AMP.LOSS_SCALE does the same
+        scale = hook.take("loss_scale")
+        if not isinstance(scale, float) or scale <= 0:
+            raise TranslationError(f"{self.stem}: optimizer_config.loss_scale={scale!r}: d2seg "
+                                   "has static float scales")
         self.set("SOLVER.AMP.ENABLED", True,
-                 "mmseg's fp16 (Fp16OptimizerHook): autocast, static loss scale 512; d2seg: "
-                 "torch's dynamic GradScaler")
+                 "mmseg's fp16 (Fp16OptimizerHook): autocast in float16")
         self.set("SOLVER.AMP.DTYPE", "float16")
+        self.set("SOLVER.AMP.LOSS_SCALE", scale, "static, as mmcv's Fp16OptimizerHook")
         self.facts["fp16"] = True
 
     def schedule(self):
         r = self.root
         opt = r.node("optimizer")
-        opt.expect("type", "SGD")
+        kind = opt.take("type")
+        if kind not in ("SGD", "AdamW"):
+            raise TranslationError(f"{self.stem}: optimizer.type={kind!r}: d2seg has SGD, AdamW")
+        self.set("SOLVER.OPTIMIZER", kind)
         self.set("SOLVER.BASE_LR", opt.take("lr"))
-        self.set("SOLVER.MOMENTUM", opt.take("momentum"))
+        if kind == "SGD":
+            self.set("SOLVER.MOMENTUM", opt.take("momentum"))
+        else:  # torch's defaults, which mmcv passes on
+            self.set("SOLVER.BETAS", list(opt.take("betas", (0.9, 0.999))))
+            self.set("SOLVER.EPS", opt.take("eps", 1e-8))
         wd = opt.take("weight_decay")
         self.set("SOLVER.WEIGHT_DECAY", wd)
         self.set("SOLVER.WEIGHT_DECAY_NORM", wd)  # no paramwise_cfg: norms decay too
         self.amp(r)
         lr = r.node("lr_config")
-        lr.expect("policy", "poly")
         lr.expect("by_epoch", False)
-        self.set("SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR")
-        self.set("SOLVER.POLY_LR_POWER", lr.take("power"))
-        self.set("SOLVER.POLY_LR_MIN_LR", lr.take("min_lr"))
-        self.set("SOLVER.WARMUP_ITERS", 0)
+        policy = lr.take("policy")
+        if policy == "poly":
+            self.set("SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR")
+            self.set("SOLVER.POLY_LR_POWER", lr.take("power"))
+            self.set("SOLVER.POLY_LR_MIN_LR", lr.take("min_lr"))
+        elif policy == "step":  # Detectron2's multi-step schedule: the same factors as mmcv's
+            self.set("SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR")
+            self.set("SOLVER.STEPS", list(lr.take("step")))
+            self.set("SOLVER.GAMMA", lr.take("gamma", 0.1))
+            lr.expect("min_lr", None, None)
+        else:
+            raise TranslationError(f"{self.stem}: lr_config.policy={policy!r}: d2seg has poly "
+                                   "and step")
+        warmup = lr.take("warmup", None)
+        if warmup is None:
+            self.set("SOLVER.WARMUP_ITERS", 0)
+        elif warmup == "linear":  # mmcv: lr * (1 - (1 - i / iters) * (1 - ratio)), as d2's
+            if policy != "step":  # d2's warm-up ends at the schedule's value at warmup_iters
+                raise TranslationError(f"{self.stem}: warm-up on a {policy} schedule")
+            self.set("SOLVER.WARMUP_METHOD", "linear")
+            self.set("SOLVER.WARMUP_ITERS", lr.take("warmup_iters"))
+            self.set("SOLVER.WARMUP_FACTOR", lr.take("warmup_ratio"))
+        else:
+            raise TranslationError(f"{self.stem}: lr_config.warmup={warmup!r}: d2seg has linear")
         runner = r.node("runner")
         runner.expect("type", "IterBasedRunner")
         self.set("SOLVER.MAX_ITER", runner.take("max_iters"))
@@ -809,7 +950,13 @@ class Translation:
         self.set("SOLVER.CHECKPOINT_PERIOD", ckpt.take("interval"))
         ev = r.node("evaluation")
         self.set("TEST.EVAL_PERIOD", ev.take("interval"))
-        ev.expect("metric", "mIoU")
+        metric = ev.take("metric")
+        metric = [metric] if isinstance(metric, str) else list(metric)
+        if "mIoU" not in metric or any(m not in ("mIoU", "mDice", "mFscore") for m in metric):
+            raise TranslationError(f"{self.stem}: evaluation.metric={metric}: d2seg reports mIoU "
+                                   "and adds mDice, mFscore")
+        self.set("TEST.METRICS", metric, "mmseg's evaluation.metric" if metric != ["mIoU"]
+                 else None)
         ev.take("pre_eval", None)  # memory-saving evaluation; d2seg accumulates histograms
         self.set("CUDNN_BENCHMARK", r.take("cudnn_benchmark"))
         # Runtime settings Detectron2 fixes itself (its writers log every 20 iterations,
@@ -943,6 +1090,8 @@ class Generator:
             return self.done[stem]
         t = Translation(stem)
         kind, name = mmseg_parent(t.path)
+        if kind == "model" and name is None:  # the model is in the leaf itself
+            name = t.base_model
         if kind == "model" and name != t.base_model:
             raise TranslationError(f"{stem}: mmseg base {name} but d2seg base {t.base_model}")
         parent = self.parent_cfg(kind, name)
@@ -951,6 +1100,10 @@ class Generator:
         explicit = set(RECIPE_KEYS) if kind == "model" else set()
         if kind == "model" and t.cfg.TEST.MODE == "slide":
             explicit |= {"TEST.CROP_SIZE", "TEST.STRIDE"}
+        if kind == "model" and t.cfg.TEST.AUG.ALWAYS:  # the views of mmseg's test, spelt out
+            explicit |= {"TEST.AUG.RATIOS", "TEST.AUG.FLIP"}
+        if kind == "model" and t.cfg.INPUT.ROTATE.PROB:
+            explicit |= {"INPUT.ROTATE.DEGREE"}
         diff = [(k, full[k]) for k in sorted(t.assigned, key=_key_rank(t.assigned))
                 if k in explicit or not _same(full[k], old[k])]
         # the translation must account for every difference from the parent
@@ -1062,7 +1215,7 @@ def readme(folder, translations, meta_root, d2seg_results):
             metrics = m["Results"][0]["Metrics"] if isinstance(m["Results"], list) else \
                 m["Results"]["Metrics"]
             ours = d2seg_results.get(t.stem)
-            crop = "x".join(map(str, t.facts["crop"]))
+            crop = "x".join(map(str, t.facts["crop"])) if t.facts["crop"] else "-"
             backbone = t.facts["backbone"]
             if "mask_size" in t.facts:
                 backbone += f" (mask {t.facts['mask_size'][0]}x{t.facts['mask_size'][1]})"
@@ -1097,8 +1250,30 @@ def readme(folder, translations, meta_root, d2seg_results):
         "resized by 0.5, 0.75, 1.0, 1.25, 1.5 and 1.75, each also flipped.",
     ]
     if any(t.facts.get("fp16") for t in translations):
-        lines.append("- fp16 configs set `SOLVER.AMP.ENABLED True` (float16 autocast). mmseg "
-                     "keeps a static loss scale of 512; d2seg uses torch's dynamic GradScaler.")
+        lines.append("- fp16 configs set `SOLVER.AMP.ENABLED True` (float16 autocast) and "
+                     "`SOLVER.AMP.LOSS_SCALE 512`, mmseg's static loss scale.")
+    for t in translations:
+        if t.cfg.TEST.AUG.ALWAYS:
+            lines.append(
+                f"- `{t.stem.split('/')[1]}` is tested as mmseg's config tests it: its "
+                "test_pipeline is multi-scale + flip (`MultiScaleFlipAug` with img_ratios "
+                f"{list(t.cfg.TEST.AUG.RATIOS)}, flip), so every evaluation, also while "
+                "training, is that augmented test (`TEST.AUG.ALWAYS True`)"
+                + (f", each view resized to a multiple of {t.cfg.INPUT.TEST_SIZE_DIVISOR} "
+                   "(`INPUT.TEST_SIZE_DIVISOR`)" if t.cfg.INPUT.TEST_SIZE_DIVISOR else "")
+                + ".")
+        if not t.facts["crop"]:
+            lines.append(
+                f"- `{t.stem.split('/')[1]}` trains without a crop (Crop size `-`): whole images "
+                f"resized to fit {'x'.join(map(str, t.cfg.INPUT.IMG_SCALE))}"
+                + (f", rotated by up to {max(map(abs, t.cfg.INPUT.ROTATE.DEGREE)):g} degrees "
+                   f"with probability {t.cfg.INPUT.ROTATE.PROB:g}" if t.cfg.INPUT.ROTATE.PROB
+                   else "")
+                + ", each batch padded to its largest image (labels with 255), as mmseg's.")
+        if list(t.cfg.TEST.METRICS) != ["mIoU"]:
+            lines.append(f"- `{t.stem.split('/')[1]}` also reports "
+                         f"{', '.join(m for m in t.cfg.TEST.METRICS if m != 'mIoU')} "
+                         "(`TEST.METRICS`, mmseg's evaluation.metric).")
     if any(t.facts["dataset"] in ("dark_zurich", "night_driving") for t in translations):
         lines.append("- Dark Zurich and Nighttime Driving are test sets for Cityscapes models: "
                      "these configs train on Cityscapes (as mmseg's) and test on the set named in "

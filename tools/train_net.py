@@ -34,7 +34,9 @@ def main(args):
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    if cfg.TEST.AUG.ENABLED:  # after training, also the augmented test (Detectron2's train_net)
+    # after training, also the augmented test (Detectron2's train_net); with TEST.AUG.ALWAYS
+    # every evaluation already is (Trainer.test)
+    if cfg.TEST.AUG.ENABLED and not cfg.TEST.AUG.ALWAYS:
         trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
     try:
         return trainer.train()

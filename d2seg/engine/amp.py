@@ -27,15 +27,22 @@ def _model_device(model) -> torch.device:
 class SegAMPTrainer(AMPTrainer):
     """:class:`AMPTrainer` for CPU and GPU; ``precision`` is the autocast dtype."""
 
-    def __init__(self, model, data_loader, optimizer, precision=torch.float16, **kwargs):
+    def __init__(self, model, data_loader, optimizer, precision=torch.float16, loss_scale=0.0,
+                 **kwargs):
+        """``loss_scale``: 0 = dynamic (torch's GradScaler); > 0 = static (mmcv's
+        ``Fp16OptimizerHook(loss_scale=...)``: reset to it after every step)."""
+        if loss_scale < 0:
+            raise ValueError(f"SOLVER.AMP.LOSS_SCALE={loss_scale}: 0 (dynamic) or > 0 (static)")
         device = _model_device(model)
         if "grad_scaler" not in kwargs:
             # loss scaling only for float16 (bfloat16 does not underflow like float16)
             kwargs["grad_scaler"] = torch.amp.GradScaler(
-                device.type, enabled=precision == torch.float16
+                device.type, init_scale=loss_scale or 2.0 ** 16,
+                enabled=precision == torch.float16
             )
         super().__init__(model, data_loader, optimizer, precision=precision, **kwargs)
         self.device_type = device.type
+        self.static_loss_scale = float(loss_scale) or None
 
     def run_step(self):
         assert self.model.training, "[SegAMPTrainer] model was changed to eval mode!"
@@ -64,12 +71,13 @@ class SegAMPTrainer(AMPTrainer):
         else:
             self._write_metrics(loss_dict, data_time)
         self.grad_scaler.step(self.optimizer)
-        self.grad_scaler.update()
+        self.grad_scaler.update(self.static_loss_scale)  # None: the dynamic rule
 
 
 def build_step_trainer(cfg, model, data_loader, optimizer):
     """``SegAMPTrainer`` (SOLVER.AMP.ENABLED, dtype SOLVER.AMP.DTYPE) or ``SimpleTrainer``."""
     amp_dtype = amp_dtype_from_config(cfg)
     if amp_dtype:
-        return SegAMPTrainer(model, data_loader, optimizer, precision=parse_dtype(amp_dtype))
+        return SegAMPTrainer(model, data_loader, optimizer, precision=parse_dtype(amp_dtype),
+                             loss_scale=cfg.SOLVER.AMP.LOSS_SCALE)
     return SimpleTrainer(model, data_loader, optimizer)

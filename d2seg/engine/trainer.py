@@ -27,7 +27,7 @@ from ..data.resumable import build_resumable_train_loader, data_seed, set_start_
 from ..data.worker_threads import rank_thread_count
 from ..evaluation import build_evaluator
 from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
-from ..solver import build_lr_scheduler
+from ..solver import build_lr_scheduler, build_optimizer
 from .amp import build_step_trainer
 from .reliability import IterationSeed, RecordingLoader, explain_step_error
 
@@ -211,8 +211,21 @@ class Trainer(DefaultTrainer):
         return OrderedDict((k + "_TTA", v) for k, v in results.items())
 
     @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's test, or -- with TEST.AUG.ENABLED and TEST.AUG.ALWAYS, configs whose
+        mmseg test_pipeline is itself multi-scale / flip -- the augmented test, as mmseg's
+        EvalHook runs aug_test for them (also each periodic evaluation while training)."""
+        if evaluators is None and cfg.TEST.AUG.ENABLED and cfg.TEST.AUG.ALWAYS:
+            return cls.test_with_TTA(cfg, model)
+        return super().test(cfg, model, evaluators)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):

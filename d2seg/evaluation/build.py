@@ -41,6 +41,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     evaluators = [SemSegEvaluator(
         dataset_name, distributed=True, output_dir=output_folder,
         reduce_zero_label=dataset_reduce_zero_label(cfg, [dataset_name]),
+        metrics=tuple(cfg.TEST.METRICS),
     )]
     if evaluator_type == "cityscapes_sem_seg":
         # Cityscapes' official script on top (needs cityscapesscripts); mmseg-style numbers first.

@@ -6,6 +6,8 @@ Differences from Detectron2's own evaluator, all towards mmseg's numbers:
 - ground truth of ``reduce_zero_label`` datasets (ADE20K) is mapped 0 -> 255, k -> k-1 as mmseg
   re-applies it at evaluation time;
 - a per-class IoU/Acc table goes to the log and to ``sem_seg_per_class.json``;
+- ``metrics`` (TEST.METRICS, mmseg's ``evaluation.metric``) adds mmseg's mDice and mFscore (with
+  per-class Dice, Fscore, Precision, Recall), from the same confusion matrix;
 - no RLE json of every prediction and no boundary IoU unless asked (they dominate evaluation time).
 """
 import json
@@ -22,7 +24,11 @@ from PIL import Image
 from detectron2.utils.comm import all_gather, is_main_process, synchronize
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["SemSegEvaluator", "segmentation_metrics", "reduce_zero_label"]
+__all__ = ["SemSegEvaluator", "segmentation_metrics", "reduce_zero_label", "METRICS"]
+
+# mmseg's `evaluation.metric` names -> the per-class values each adds (mmseg's eval_metrics)
+METRICS = {"mIoU": ("IoU", "Acc"), "mDice": ("Dice", "Acc"),
+           "mFscore": ("Fscore", "Precision", "Recall")}
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +58,22 @@ def load_label(filename: str, dtype=np.int64) -> np.ndarray:
         return np.asarray(img, dtype=dtype)
 
 
-def segmentation_metrics(conf: np.ndarray):
+def _div(a, b):
+    """a / b as mmseg's torch division: NaN where 0 / 0 (and inf where x / 0, x > 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return a / b
+
+
+def segmentation_metrics(conf: np.ndarray, metrics=("mIoU",), beta: float = 1):
     """mmseg's metrics from a (C+1) x (C+1) confusion matrix indexed [pred, gt], whose last
     row/column collects ignored ground truth. Returns per-class IoU and Acc (NaN where undefined)
-    and the summary metrics in percent."""
+    and the summary metrics in percent; with ``metrics`` naming "mDice" / "mFscore" the summary
+    also holds mDice / mFscore, mPrecision, mRecall and a dict ``per_class`` of mmseg's
+    ``total_area_to_metrics`` arrays (Dice, Fscore, Precision, Recall; NaN where mmseg's is)."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"TEST.METRICS={list(metrics)}: unknown {unknown}; d2seg computes "
+                         f"{sorted(METRICS)} (mmseg's evaluation.metric names)")
     conf = conf[:-1, :-1].astype(np.float64)
     intersect = np.diag(conf)
     area_gt = conf.sum(axis=0)
@@ -72,6 +90,19 @@ def segmentation_metrics(conf: np.ndarray):
         "mACC": 100 * np.nanmean(acc) if (~np.isnan(acc)).any() else float("nan"),
         "pACC": 100 * intersect.sum() / max(area_gt.sum(), 1),
     }
+    per_class = {}
+    if "mDice" in metrics:
+        per_class["Dice"] = _div(2 * intersect, area_pred + area_gt)
+    if "mFscore" in metrics:
+        precision, recall = _div(intersect, area_pred), _div(intersect, area_gt)
+        per_class["Precision"], per_class["Recall"] = precision, recall
+        # mmseg's f_score, class by class: NaN also where precision = recall = 0
+        per_class["Fscore"] = _div((1 + beta ** 2) * precision * recall,
+                                   beta ** 2 * precision + recall)
+    for name, v in per_class.items():  # mmseg: np.nanmean(...) * 100
+        summary["m" + name] = 100 * np.nanmean(v) if (~np.isnan(v)).any() else float("nan")
+    if per_class:
+        summary["per_class"] = per_class
     return iou, acc, summary
 
 
@@ -79,8 +110,11 @@ class SemSegEvaluator(D2SemSegEvaluator):
     """Semantic segmentation evaluator over a registered dataset (see module doc)."""
 
     def __init__(self, dataset_name, distributed=True, output_dir=None, *, write_predictions=False,
-                 reduce_zero_label=None):
-        """``reduce_zero_label``: re-apply it to the ground truth; None = the metadata's."""
+                 reduce_zero_label=None, metrics=("mIoU",)):
+        """``reduce_zero_label``: re-apply it to the ground truth; None = the metadata's.
+        ``metrics``: mmseg's metric names (TEST.METRICS); mIoU's numbers are always reported."""
+        segmentation_metrics(np.zeros((2, 2)), metrics)  # an unknown name fails now, not at the end
+        self._metrics = tuple(metrics)
         meta = MetadataCatalog.get(dataset_name)
         loading_fn = load_label
         if reduce_zero_label is None:
@@ -126,21 +160,27 @@ class SemSegEvaluator(D2SemSegEvaluator):
             if not is_main_process():
                 return
             self._conf_matrix = np.sum(conf_list, axis=0)
-        iou, acc, summary = segmentation_metrics(self._conf_matrix)
+        iou, acc, summary = segmentation_metrics(self._conf_matrix, self._metrics)
+        extra = summary.pop("per_class", {})  # Dice, Precision, Recall, Fscore (TEST.METRICS)
         res = dict(summary)
         for name, v in zip(self._class_names, iou):
             res[f"IoU-{name}"] = 100 * v
         for name, v in zip(self._class_names, acc):
             res[f"ACC-{name}"] = 100 * v
+        for kind, values in extra.items():
+            for name, v in zip(self._class_names, values):
+                res[f"{kind}-{name}"] = 100 * v
         table = tabulate(
-            [(n, 100 * i, 100 * a) for n, i, a in zip(self._class_names, iou, acc)],
-            headers=["class", "IoU", "Acc"], floatfmt=".2f", tablefmt="pipe",
+            [(n, 100 * i, 100 * a, *(100 * v[k] for v in extra.values()))
+             for k, (n, i, a) in enumerate(zip(self._class_names, iou, acc))],
+            headers=["class", "IoU", "Acc", *extra], floatfmt=".2f", tablefmt="pipe",
         )
         logger.info(f"Per-class results on {self._dataset_name}:\n{table}")
         if self._output_dir:
             PathManager.mkdirs(self._output_dir)
-            per_class = {n: {"IoU": 100 * i, "Acc": 100 * a}
-                         for n, i, a in zip(self._class_names, iou, acc)}
+            per_class = {n: {"IoU": 100 * i, "Acc": 100 * a,
+                             **{kind: 100 * v[k] for kind, v in extra.items()}}
+                         for k, (n, i, a) in enumerate(zip(self._class_names, iou, acc))}
             with PathManager.open(os.path.join(self._output_dir, "sem_seg_per_class.json"), "w") as f:
                 json.dump({"summary": summary, "per_class": per_class}, f, indent=1)
             if self._write_predictions:

@@ -21,8 +21,10 @@ CROP, STRIDE = (48, 48), (40, 40)  # slide windows
 
 # (slide mode: the same wrapper around the model's slide inference, whose parity the model tests
 # check and whose TTA is checked against plain inference in tests/test_tta.py; too slow here)
-@pytest.mark.parametrize("mode,ratios", [("whole", [0.5, 1.0, 1.5])])
-def test_aug_test_matches_mmseg(tmp_path, mode, ratios):
+# divisor: mmseg's ResizeToMultiple after each view's Resize (the occluded-face config's test)
+@pytest.mark.parametrize("mode,ratios,divisor", [("whole", [0.5, 1.0, 1.5], 0),
+                                                 ("whole", [0.5, 1.0, 1.5], 32)])
+def test_aug_test_matches_mmseg(tmp_path, mode, ratios, divisor):
     mm_cfg = mmseg_peer.mmseg_config("fcn/fcn_r50-d8_512x1024_40k_cityscapes")
     mm_cfg.model.test_cfg.update(mode=mode, crop_size=CROP, stride=STRIDE)
     ref = mmseg_peer.build_mmseg_model(mm_cfg)
@@ -31,12 +33,15 @@ def test_aug_test_matches_mmseg(tmp_path, mode, ratios):
 
     from mmseg.datasets.pipelines import Compose
 
+    transforms = [dict(type="Resize", keep_ratio=True)]
+    if divisor:
+        transforms.append(dict(type="ResizeToMultiple", size_divisor=divisor))
+    transforms += [dict(type="RandomFlip"), dict(type="Normalize", **mm_cfg.img_norm_cfg),
+                   dict(type="ImageToTensor", keys=["img"]), dict(type="Collect", keys=["img"])]
     pipeline = Compose([
         dict(type="LoadImageFromFile"),
         dict(type="MultiScaleFlipAug", img_scale=SCALE, img_ratios=ratios, flip=True,
-             transforms=[dict(type="Resize", keep_ratio=True), dict(type="RandomFlip"),
-                         dict(type="Normalize", **mm_cfg.img_norm_cfg),
-                         dict(type="ImageToTensor", keys=["img"]), dict(type="Collect", keys=["img"])]),
+             transforms=transforms),
     ])
     data = pipeline(dict(img_info=dict(filename=path), img_prefix=None))
     with torch.no_grad():
@@ -47,7 +52,7 @@ def test_aug_test_matches_mmseg(tmp_path, mode, ratios):
         "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN", "MODEL.AUX_HEAD.NORM", "BN",
         "INPUT.TEST_IMG_SCALE", list(SCALE), "TEST.AUG.ENABLED", True, "TEST.AUG.RATIOS", ratios,
         "TEST.AUG.FLIP", True, "TEST.MODE", mode, "TEST.CROP_SIZE", list(CROP),
-        "TEST.STRIDE", list(STRIDE),
+        "TEST.STRIDE", list(STRIDE), "INPUT.TEST_SIZE_DIVISOR", divisor,
     ])
     model = build_model(cfg).eval()
     missing, unexpected = model.load_state_dict(convert_mmseg_state_dict(ref.state_dict()), strict=False)
@@ -56,6 +61,8 @@ def test_aug_test_matches_mmseg(tmp_path, mode, ratios):
     with torch.no_grad():
         got = SemanticSegmentorWithTTA(cfg, model)([inp])[0]["sem_seg"].numpy()
     assert got.shape == expected.shape == (19, 45, 61)
+    if divisor:  # the views were resized to multiples of it
+        assert all(m.data["img_shape"][0] % divisor == 0 for m in data["img_metas"])
     assert expected.max() - expected.min() > 0.1  # not uniform
     print(f"{mode}: max abs diff of the averaged probabilities {np.abs(got - expected).max():.2e}")
     assert np.abs(got - expected).max() < 1e-5

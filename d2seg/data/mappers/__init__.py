@@ -10,7 +10,10 @@ from .transforms import (
     CV2ResizeTransform,
     PhotoMetricDistortion,
     PhotoMetricTransform,
+    RandomRotate,
     ResizeRatioRange,
+    ResizeToMultiple,
+    RotateTransform,
     build_test_augmentations,
     build_train_augmentations,
 )

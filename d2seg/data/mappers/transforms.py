@@ -20,6 +20,9 @@ __all__ = [
     "PhotoMetricTransform",
     "PhotoMetricDistortion",
     "rescale_size",
+    "RotateTransform",
+    "RandomRotate",
+    "ResizeToMultiple",
     "build_train_augmentations",
     "build_test_augmentations",
 ]
@@ -102,6 +105,81 @@ class ResizeRatioRange(T.Augmentation):
             return NoOpTransform()
         new_w, new_h = rescale_size(w, h, scale)
         return CV2ResizeTransform(h, w, new_h, new_w)
+
+
+class RotateTransform(Transform):
+    """``mmcv.imrotate(angle)`` about the centre ((w - 1) / 2, (h - 1) / 2), same size:
+    bilinear image with ``pad_value`` corners, nearest-neighbour label with ``seg_pad_value``."""
+
+    def __init__(self, h: int, w: int, angle: float, pad_value: int = 0,
+                 seg_pad_value: int = 255):
+        super().__init__()
+        self._set_attributes(locals())
+        # mmcv: cv2's angle is counter-clockwise, mmcv's clockwise
+        self.matrix = cv2.getRotationMatrix2D(((w - 1) * 0.5, (h - 1) * 0.5), -angle, 1.0)
+
+    def _warp(self, img: np.ndarray, interp: int, value) -> np.ndarray:
+        assert img.shape[:2] == (self.h, self.w), f"expected {(self.h, self.w)}, got {img.shape}"
+        out = cv2.warpAffine(img, self.matrix, (self.w, self.h), flags=interp,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=value)
+        return out[..., None] if img.ndim == 3 and out.ndim == 2 else out
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        return self._warp(img, cv2.INTER_LINEAR, self.pad_value)
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return self._warp(segmentation, cv2.INTER_NEAREST, self.seg_pad_value)
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        coords = np.asarray(coords, dtype=np.float64)
+        return (coords @ self.matrix[:, :2].T + self.matrix[:, 2]).astype(np.float32)
+
+
+class RandomRotate(T.Augmentation):
+    """mmseg's ``RandomRotate(prob, degree, pad_val, seg_pad_val)`` (center None, no
+    auto_bound): draws ``rand() < prob`` and then the angle ``uniform(min, max)`` from
+    ``np.random`` -- both always, in mmseg's order -- and rotates only when the first says so."""
+
+    def __init__(self, prob: float, degree: Sequence[float], pad_value: int = 0,
+                 seg_pad_value: int = 255):
+        super().__init__()
+        if not 0 <= prob <= 1:
+            raise ValueError(f"INPUT.ROTATE.PROB={prob}: a probability in [0, 1]")
+        if isinstance(degree, (int, float)):  # mmseg: a number d means (-d, d)
+            degree = (-degree, degree)
+        if len(degree) != 2:
+            raise ValueError(f"INPUT.ROTATE.DEGREE={list(degree)}: (min, max) in degrees")
+        degree = (min(degree), max(degree))
+        self._init(locals())
+
+    def get_transform(self, image) -> Transform:
+        rotate = np.random.rand() < self.prob
+        angle = np.random.uniform(*self.degree)
+        if not rotate:
+            return NoOpTransform()
+        h, w = image.shape[:2]
+        return RotateTransform(h, w, float(angle), self.pad_value, self.seg_pad_value)
+
+
+class ResizeToMultiple(T.Augmentation):
+    """mmseg's ``ResizeToMultiple(size_divisor)`` (``mmcv.imresize_to_multiple`` with
+    scale_factor 1): both sides rounded UP to a multiple of ``size_divisor`` by a second resize
+    (bilinear image, nearest label); no change when they already are."""
+
+    def __init__(self, size_divisor: int):
+        super().__init__()
+        if size_divisor <= 0:
+            raise ValueError(f"INPUT.TEST_SIZE_DIVISOR={size_divisor}: a positive int (0 = off)")
+        self._init(locals())
+
+    @staticmethod
+    def target(h: int, w: int, size_divisor: int) -> Tuple[int, int]:
+        d = size_divisor
+        return -(-h // d) * d, -(-w // d) * d
+
+    def get_transform(self, image) -> Transform:
+        h, w = image.shape[:2]
+        return CV2ResizeTransform(h, w, *self.target(h, w, self.size_divisor))
 
 
 class PhotoMetricTransform(Transform):
@@ -198,7 +276,8 @@ class PhotoMetricDistortion(T.Augmentation):
 
 def build_train_augmentations(cfg):
     """mmseg's train pipeline: Resize(IMG_SCALE, RATIO_RANGE) -> RandomCrop(CROP.SIZE,
-    cat_max_ratio) -> RandomFlip(0.5) -> PhotoMetricDistortion."""
+    cat_max_ratio) -> RandomFlip(0.5) -> RandomRotate(ROTATE.*) -> PhotoMetricDistortion
+    (the crop and the rotation where the config enables them)."""
     inp = cfg.INPUT
     augs = [ResizeRatioRange(inp.IMG_SCALE, inp.RATIO_RANGE)]
     if inp.CROP.ENABLED:
@@ -217,12 +296,19 @@ def build_train_augmentations(cfg):
         augs.append(T.RandomFlip(
             0.5, horizontal=inp.RANDOM_FLIP == "horizontal", vertical=inp.RANDOM_FLIP == "vertical"
         ))
+    if inp.ROTATE.PROB > 0:
+        augs.append(RandomRotate(inp.ROTATE.PROB, tuple(inp.ROTATE.DEGREE),
+                                 inp.ROTATE.PAD_VALUE, inp.ROTATE.SEG_PAD_VALUE))
     if inp.PHOTOMETRIC_DISTORTION:
         augs.append(PhotoMetricDistortion(image_format=inp.FORMAT))
     return augs
 
 
 def build_test_augmentations(cfg):
-    """mmseg's test pipeline: keep-ratio resize to TEST_IMG_SCALE ([] = original size)."""
+    """mmseg's test pipeline: keep-ratio resize to TEST_IMG_SCALE ([] = original size), then
+    ResizeToMultiple(TEST_SIZE_DIVISOR) where set."""
     scale = cfg.INPUT.TEST_IMG_SCALE
-    return [ResizeRatioRange(scale)] if scale else []
+    augs = [ResizeRatioRange(scale)] if scale else []
+    if cfg.INPUT.TEST_SIZE_DIVISOR:
+        augs.append(ResizeToMultiple(cfg.INPUT.TEST_SIZE_DIVISOR))
+    return augs

@@ -7,7 +7,7 @@ import torch
 
 from detectron2.config import configurable
 
-from .transforms import CV2ResizeTransform, rescale_size
+from .transforms import CV2ResizeTransform, ResizeToMultiple, rescale_size
 
 __all__ = ["SemSegTTAMapper"]
 
@@ -20,25 +20,28 @@ class SemSegTTAMapper:
 
     for each ratio r the original image is resized with cv2 (keep ratio, as ``mmcv.imrescale``)
     into ``(int(long * r), int(short * r))`` of ``img_scale`` (mmseg's ``img_scale x img_ratios``;
-    without ``img_scale`` the image's own (w, h) x r), then optionally flipped horizontally.
+    without ``img_scale`` the image's own (w, h) x r), with ``size_divisor`` resized again so both
+    sides are multiples of it (mmseg's ``ResizeToMultiple`` in the views' transforms), then
+    optionally flipped horizontally.
     Each view dict holds ``image``, ``height``/``width`` (the original size, at which the model
     returns its logits) and ``flip``.
     """
 
     @configurable
     def __init__(self, *, img_scale: Optional[Sequence[int]], ratios: Sequence[float],
-                 flip: bool = True):
+                 flip: bool = True, size_divisor: int = 0):
         if not ratios or min(ratios) <= 0:
             raise ValueError(f"TEST.AUG.RATIOS must be positive ratios, got {list(ratios)}")
         self.img_scale = tuple(img_scale) if img_scale else None
         self.ratios = [float(r) for r in ratios]
         self.flip = flip
+        self.size_divisor = size_divisor
         self._warned = False
 
     @classmethod
     def from_config(cls, cfg):
         return {"img_scale": cfg.INPUT.TEST_IMG_SCALE, "ratios": cfg.TEST.AUG.RATIOS,
-                "flip": cfg.TEST.AUG.FLIP}
+                "flip": cfg.TEST.AUG.FLIP, "size_divisor": cfg.INPUT.TEST_SIZE_DIVISOR}
 
     @staticmethod
     def _to_numpy(image: torch.Tensor) -> np.ndarray:
@@ -72,6 +75,9 @@ class SemSegTTAMapper:
             target = (int(scale[0] * ratio), int(scale[1] * ratio))
             new_w, new_h = rescale_size(width, height, target)
             resized = CV2ResizeTransform(height, width, new_h, new_w).apply_image(image)
+            if self.size_divisor:  # a second resize, from the rescaled image (as mmseg)
+                resized = ResizeToMultiple(self.size_divisor).get_transform(resized) \
+                    .apply_image(resized)
             images.append(torch.from_numpy(
                 np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=out_dtype)))
         return images
