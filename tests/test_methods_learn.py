@@ -15,7 +15,7 @@ d2seg_shapes_val: from scratch, d2seg_shapes is not learned to a clear margin wi
 budget (~10-15 s of one CPU core per method). Measured for FCN at these widths, on val (blind
 8.8), with the dataset's version 2 and the quickstart's former 96 px scale: 8.8 after 150
 iterations of 64 px crops, 11.7 after 300, 10.5 after 600, 12.8 after 400 iterations of 96 px
-crops (the quickstart itself, at widths 32-256, now has ~34 after 800 of its 1600 iterations).
+crops (the quickstart itself, at widths 32-256, had ~34 after 800 of 1600 iterations).
 Fitting a few images still runs everything a method has (random rescale, crop, flip and
 photometric distortion, losses of every head, backward through backbone and heads; whole-image
 inference resized back to the label size) and a model that has not learned stays exactly at the
