@@ -48,3 +48,26 @@ def random_batch(n=2, h=64, w=64, num_classes=5, ignore_frac=0.1, seed=0):
         out.append({"image": torch.rand(3, h, w, generator=g) * 255, "sem_seg": label,
                     "height": h, "width": w})
     return out
+
+
+def assert_matches_mmseg_steps(ref_steps, augs, img, label, seed, same_draws=True):
+    """Runs mmseg's pipeline steps (callables on its results dict) and d2seg's augmentation on
+    copies of (img, label), each from ``np.random.seed(seed)``, and asserts equal arrays (and, with
+    ``same_draws``, that both consumed the same random numbers). Returns d2seg's AugInput."""
+    import numpy as np
+    from detectron2.data import transforms as T
+
+    np.random.seed(seed)
+    ref = {"img": img.copy(), "gt_semantic_seg": label.copy(), "seg_fields": ["gt_semantic_seg"]}
+    for step in ref_steps:
+        ref = step(ref)
+    ref_next = np.random.random_sample()
+    np.random.seed(seed)
+    aug_input = T.AugInput(img.copy(), sem_seg=label.copy())
+    augs(aug_input)
+    if same_draws:
+        assert np.random.random_sample() == ref_next, f"seed {seed}: other random draws"
+    np.testing.assert_array_equal(aug_input.image, ref["img"], err_msg=f"seed {seed}")
+    np.testing.assert_array_equal(aug_input.sem_seg, ref["gt_semantic_seg"],
+                                  err_msg=f"seed {seed}")
+    return aug_input

@@ -69,14 +69,7 @@ def test_resize_ratio_range_matches_mmseg_resize():
         ref_t = mt.Resize(img_scale=scale, ratio_range=ratio_range, keep_ratio=True)
         ours = ResizeRatioRange(scale, ratio_range)
         for seed in range(10):
-            np.random.seed(seed)
-            ref = ref_t({"img": img.copy(), "gt_semantic_seg": label.copy(),
-                         "seg_fields": ["gt_semantic_seg"]})
-            np.random.seed(seed)
-            aug_input = T.AugInput(img.copy(), sem_seg=label.copy())
-            ours(aug_input)
-            np.testing.assert_array_equal(aug_input.image, ref["img"])
-            np.testing.assert_array_equal(aug_input.sem_seg, ref["gt_semantic_seg"])
+            common.assert_matches_mmseg_steps([ref_t], ours, img, label, seed)
 
 
 def test_resize_without_scale_or_ratio_is_identity():
@@ -126,16 +119,7 @@ def test_full_train_pipeline_matches_mmseg():
     ])
     augs = T.AugmentationList(build_train_augmentations(cfg))
     for seed in range(20):
-        np.random.seed(seed)
-        ref = {"img": img.copy(), "gt_semantic_seg": label.copy(),
-               "seg_fields": ["gt_semantic_seg"]}
-        for t in ref_pipeline:
-            ref = t(ref)
-        np.random.seed(seed)
-        aug_input = T.AugInput(img.copy(), sem_seg=label.copy())
-        augs(aug_input)
-        np.testing.assert_array_equal(aug_input.sem_seg, ref["gt_semantic_seg"])
-        np.testing.assert_array_equal(aug_input.image, ref["img"])
+        common.assert_matches_mmseg_steps(ref_pipeline, augs, img, label, seed)
 
 
 def test_crop_category_constraint():

@@ -23,7 +23,7 @@ from d2seg.data.mappers import RandomRotate, SemSegTTAMapper, build_test_augment
 from d2seg.evaluation import build_evaluator, segmentation_metrics
 
 import dataset_trees as trees
-from common import REPO_CONFIGS, get_d2seg_cfg
+from common import REPO_CONFIGS, assert_matches_mmseg_steps, get_d2seg_cfg
 
 STEM = "deeplabv3plus/deeplabv3plus_r101_512x512_C-CM+C-WO-NatOcc-SOT"
 YAML = REPO_CONFIGS / (STEM + ".yaml")
@@ -164,17 +164,8 @@ def test_random_rotate_matches_mmseg():
     ours = RandomRotate(0.5, (-30, 30))
     img, label = _img_label(37, 53)
     rotated = 0
-    for seed in range(16):
-        np.random.seed(seed)
-        ref = ref_t({"img": img.copy(), "gt_semantic_seg": label.copy(),
-                     "seg_fields": ["gt_semantic_seg"]})
-        ref_next = np.random.random_sample()
-        np.random.seed(seed)
-        aug_input = T.AugInput(img.copy(), sem_seg=label.copy())
-        ours(aug_input)
-        assert np.random.random_sample() == ref_next  # the same draws, rotated or not
-        np.testing.assert_array_equal(aug_input.image, ref["img"], err_msg=f"seed {seed}")
-        np.testing.assert_array_equal(aug_input.sem_seg, ref["gt_semantic_seg"])
+    for seed in range(16):  # the same draws, rotated or not
+        aug_input = assert_matches_mmseg_steps([ref_t], ours, img, label, seed)
         rotated += not np.array_equal(aug_input.image, img)
     assert 0 < rotated < 16  # both branches
     assert (aug_input.sem_seg == 255).sum() >= (label == 255).sum()
@@ -195,15 +186,8 @@ def test_train_pipeline_of_the_config_matches_mmseg():
     augs = T.AugmentationList(augs)
     img, label = _img_label(60, 45)
     for seed in range(6):
-        np.random.seed(seed)
-        ref = ref_pipeline({"img": img.copy(), "gt_semantic_seg": label.copy(),
-                            "seg_fields": ["gt_semantic_seg"]})
-        np.random.seed(seed)
-        aug_input = T.AugInput(img.copy(), sem_seg=label.copy())
-        augs(aug_input)
+        aug_input = assert_matches_mmseg_steps([ref_pipeline], augs, img, label, seed)
         assert aug_input.image.shape == (512, 384, 3)  # long side 512, no crop
-        np.testing.assert_array_equal(aug_input.image, ref["img"], err_msg=f"seed {seed}")
-        np.testing.assert_array_equal(aug_input.sem_seg, ref["gt_semantic_seg"])
 
 
 def test_test_views_match_mmseg_multiscale_flip_aug():
