@@ -31,8 +31,10 @@ CONFIGS = [
 
 
 def _net():
+    """Conv (no bias: before BN its gradient is zero in theory, i.e. rounding noise, which Adam
+    scales up to steps of size lr) + BN + ReLU + conv with bias."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
                          nn.Conv2d(8, 4, 1))
 
 
