@@ -24,11 +24,11 @@ from PIL import Image
 from detectron2.utils.comm import all_gather, is_main_process, synchronize
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["SemSegEvaluator", "segmentation_metrics", "reduce_zero_label", "METRICS"]
+__all__ = ["SemSegEvaluator", "segmentation_metrics", "reduce_zero_label", "METRICS",
+           "check_metrics"]
 
-# mmseg's `evaluation.metric` names -> the per-class values each adds (mmseg's eval_metrics)
-METRICS = {"mIoU": ("IoU", "Acc"), "mDice": ("Dice", "Acc"),
-           "mFscore": ("Fscore", "Precision", "Recall")}
+# mmseg's `evaluation.metric` names
+METRICS = ("mIoU", "mDice", "mFscore")
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,18 @@ def load_label(filename: str, dtype=np.int64) -> np.ndarray:
         return np.asarray(img, dtype=dtype)
 
 
+def check_metrics(metrics) -> None:
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"TEST.METRICS={list(metrics)}: unknown {unknown}; d2seg computes "
+                         f"{sorted(METRICS)} (mmseg's evaluation.metric names)")
+
+
+def _nanmean_percent(v: np.ndarray) -> float:
+    """mmseg's ``np.nanmean(v) * 100``, NaN (without numpy's warning) when all are NaN."""
+    return 100 * np.nanmean(v) if (~np.isnan(v)).any() else float("nan")
+
+
 def _div(a, b):
     """a / b as mmseg's torch division: NaN where 0 / 0 (and inf where x / 0, x > 0)."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -70,10 +82,7 @@ def segmentation_metrics(conf: np.ndarray, metrics=("mIoU",), beta: float = 1):
     and the summary metrics in percent; with ``metrics`` naming "mDice" / "mFscore" the summary
     also holds mDice / mFscore, mPrecision, mRecall and a dict ``per_class`` of mmseg's
     ``total_area_to_metrics`` arrays (Dice, Fscore, Precision, Recall; NaN where mmseg's is)."""
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ValueError(f"TEST.METRICS={list(metrics)}: unknown {unknown}; d2seg computes "
-                         f"{sorted(METRICS)} (mmseg's evaluation.metric names)")
+    check_metrics(metrics)
     conf = conf[:-1, :-1].astype(np.float64)
     intersect = np.diag(conf)
     area_gt = conf.sum(axis=0)
@@ -87,7 +96,7 @@ def segmentation_metrics(conf: np.ndarray, metrics=("mIoU",), beta: float = 1):
     summary = {
         "mIoU": 100 * np.nanmean(iou) if valid.any() else float("nan"),
         "fwIoU": 100 * float(np.sum(freq[valid] * iou[valid])),
-        "mACC": 100 * np.nanmean(acc) if (~np.isnan(acc)).any() else float("nan"),
+        "mACC": _nanmean_percent(acc),
         "pACC": 100 * intersect.sum() / max(area_gt.sum(), 1),
     }
     per_class = {}
@@ -100,7 +109,7 @@ def segmentation_metrics(conf: np.ndarray, metrics=("mIoU",), beta: float = 1):
         per_class["Fscore"] = _div((1 + beta ** 2) * precision * recall,
                                    beta ** 2 * precision + recall)
     for name, v in per_class.items():  # mmseg: np.nanmean(...) * 100
-        summary["m" + name] = 100 * np.nanmean(v) if (~np.isnan(v)).any() else float("nan")
+        summary["m" + name] = _nanmean_percent(v)
     if per_class:
         summary["per_class"] = per_class
     return iou, acc, summary
@@ -113,7 +122,7 @@ class SemSegEvaluator(D2SemSegEvaluator):
                  reduce_zero_label=None, metrics=("mIoU",)):
         """``reduce_zero_label``: re-apply it to the ground truth; None = the metadata's.
         ``metrics``: mmseg's metric names (TEST.METRICS); mIoU's numbers are always reported."""
-        segmentation_metrics(np.zeros((2, 2)), metrics)  # an unknown name fails now, not at the end
+        check_metrics(metrics)  # an unknown name fails now, not at the end
         self._metrics = tuple(metrics)
         meta = MetadataCatalog.get(dataset_name)
         loading_fn = load_label
