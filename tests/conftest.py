@@ -8,8 +8,9 @@ import torch
 os.environ.setdefault("DETECTRON2_DATASETS", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets"))
 sys.path.insert(0, os.path.dirname(__file__))
-# tools/mmseg_peer.py: MMSegmentation as the reference of the parity tests
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+# dev/: MMSegmentation as the reference of the parity tests (mmseg_peer.py) and the
+# development tools that need it (generate_configs.py, build_checkpoint_table.py, ...)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -189,7 +189,7 @@ def test_foreign_annotation_values_and_bad_list(tmp_path, capsys):
     assert "val.txt:1" in capsys.readouterr().err
 
 
-# ---- tools/compare_training_mmseg.py: the recipe on mmseg's side ---------------------------
+# ---- dev/compare_training_mmseg.py: the recipe on mmseg's side ---------------------------
 def test_mmseg_side_of_the_recipe_matches(tmp_path):
     """mmseg's config built from configs/camvid/*.yaml: the same model (parameter count), data
     folders, pipeline sizes and schedule."""

@@ -259,13 +259,13 @@ def test_relative_links_resolve():
     assert not broken, "broken links:\n" + "\n".join(broken)
 
 
-# ---- the generator (tools/generate_configs.py) -------------------------------------------------
+# ---- the generator (dev/generate_configs.py) -------------------------------------------------
 def _generator():
     pytest.importorskip("mmseg")
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("generate_configs",
-                                                  REPO / "tools" / "generate_configs.py")
+                                                  REPO / "dev" / "generate_configs.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -339,7 +339,7 @@ def test_every_mmseg_config_is_generated_or_blocked():
 
 def test_generated_configs_are_current():
     """configs/<method>/*.yaml and README.md are what the generator writes from mmseg's configs
-    and the current base yamls (rerun tools/generate_configs.py after changing either)."""
+    and the current base yamls (rerun dev/generate_configs.py after changing either)."""
     gen = _generator()
     assert gen.main(["--check"]) == 0
 

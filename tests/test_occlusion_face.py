@@ -348,7 +348,7 @@ def test_generator_refuses_what_differs_from_this_config(monkeypatch):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "generate_configs", REPO_CONFIGS.parent / "tools" / "generate_configs.py")
+        "generate_configs", REPO_CONFIGS.parent / "dev" / "generate_configs.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     real = gen.load_mmseg

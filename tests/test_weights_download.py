@@ -59,7 +59,7 @@ def test_names_resolve_to_the_urls_of_mmsegs_metafiles_and_mmcvs_table():
     import mmcv
     import mmseg
 
-    from d2seg.model_zoo.build_checkpoint_table import METHODS
+    from build_checkpoint_table import METHODS
 
     root = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs")
     configs = checkpoint_table()["configs"]

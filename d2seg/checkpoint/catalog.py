@@ -1,7 +1,7 @@
 """Names of weights -> URLs: ``mmseg://<method>/<config stem>`` (the checkpoint MMSegmentation 0.30
 released for that config), ``open-mmlab://<name>`` and ``torchvision://<name>`` (ImageNet weights,
 as mmcv resolves them), from the table ``d2seg/model_zoo/mmseg_checkpoints.json`` (generated from
-mmseg's metafiles by ``python -m d2seg.model_zoo.build_checkpoint_table``).
+mmseg's metafiles by ``python dev/build_checkpoint_table.py``).
 
 ``D2SEG_MIRROR`` (read at each download) replaces ``https://download.openmmlab.com``.
 """

@@ -1,7 +1,7 @@
 """Writes ``mmseg_checkpoints.json``: the checkpoint MMSegmentation 0.30 released for each config of
 the 13 methods d2seg ports, and the ImageNet weights each config starts from.
 
-    python -m d2seg.model_zoo.build_checkpoint_table        # needs mmseg 0.30 + mmcv 1.x
+    python dev/build_checkpoint_table.py        # needs mmseg 0.30 + mmcv 1.x
 
 Sources, all shipped in the mmseg/mmcv packages (nothing is downloaded):
 - ``mmseg/.mim/configs/<method>/<method>.yml`` (the metafiles behind mmseg's READMEs):
@@ -21,7 +21,7 @@ import sys
 
 METHODS = ("fcn", "pspnet", "psanet", "deeplabv3", "deeplabv3plus", "upernet", "hrnet", "gcnet",
            "nonlocal_net", "ccnet", "danet", "ann", "ocrnet")
-TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mmseg_checkpoints.json")
+TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "d2seg", "model_zoo", "mmseg_checkpoints.json")
 # released file names end in -<first 8 hex digits of the file's sha256>.pth
 _HASHED = re.compile(r"-[0-9a-f]{8}\.pth$")
 
@@ -74,7 +74,7 @@ def build_table():
         except KeyError:
             raise ValueError(f"{name}: not in mmcv's {scheme} table") from None
     return {
-        "generated_by": "python -m d2seg.model_zoo.build_checkpoint_table",
+        "generated_by": "python dev/build_checkpoint_table.py",
         "mmseg_version": mmseg.__version__,
         "imagenet": imagenet,
         "configs": configs,

@@ -1,5 +1,5 @@
-"""MMSegmentation 0.30 as a peer, for the parity tests, tools/benchmark_vs_mmseg.py and
-tools/generate_configs.py (test- and benchmark-only: d2seg itself never imports mmseg).
+"""MMSegmentation 0.30 as a peer, for the parity tests, dev/benchmark_vs_mmseg.py and
+dev/generate_configs.py (test- and benchmark-only: d2seg itself never imports mmseg).
 
 Builds mmseg's reference models from its own configs with random weights and BN statistics, and
 writes checkpoints in mmseg's 0.x/1.x formats. Callers check that mmseg is installed first.

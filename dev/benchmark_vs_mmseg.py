@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """d2seg against MMSegmentation 0.30 on the same machine, same weights, same inputs.
 
-    python tools/benchmark_vs_mmseg.py --threads 2 --rounds 5 --train-rounds 3 \
+    python dev/benchmark_vs_mmseg.py --threads 2 --rounds 5 --train-rounds 3 \
         --winograd F4 --channels-last auto --json benchmark.json
 
 For each of the 13 R-50-D8 / HRNet-W18 Cityscapes models: MMSegmentation's model (BN instead

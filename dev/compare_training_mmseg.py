@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Trains the same recipe with d2seg and with MMSegmentation 0.30 and compares them.
 
-    python tools/compare_training_mmseg.py run \
+    python dev/compare_training_mmseg.py run \
         --config-file configs/camvid/fcn_r18-d8-narrow_128x128_camvid.yaml --seeds 0 1 \
         --out-dir output/compare_camvid --figure docs/img/camvid_curves.png [KEY VALUE ...]
 
