@@ -44,8 +44,8 @@ setup(
     packages=find_packages(include=["d2seg", "d2seg.*"]),
     python_requires=">=3.8",
     # Detectron2 itself is not on PyPI under its own name (README: the sal-detectron2 wheel or a
-    # source build); these are its pure-Python needs and d2seg's. torch >= 2.5: see
-    # d2seg/utils/dependencies.py (MIN_TORCH).
+    # source build); these are its pure-Python needs and d2seg's. torch >= 2.5 and Detectron2 >= 0.6
+    # from its main of 2024-02-07 on: see d2seg/utils/dependencies.py (MIN_TORCH, MIN_DETECTRON2).
     install_requires=[
         "torch>=2.5", "torchvision", "numpy", "opencv-python-headless", "Pillow", "tqdm",
         "matplotlib", "fvcore", "iopath", "pycocotools", "yacs", "termcolor", "tabulate",

@@ -3,9 +3,10 @@
 Importing d2seg registers its meta-architectures, backbones, decode heads and datasets in
 Detectron2's registries and catalogs; nothing else happens at import time.
 """
-from .utils.dependencies import check_torch_version
+from .utils.dependencies import check_detectron2_version, check_torch_version
 
 check_torch_version()  # before anything imports torch features d2seg relies on
+check_detectron2_version()
 
 from . import data, modeling  # noqa: F401,E402  (registration)
 from .config import add_d2seg_config  # noqa: E402

@@ -1,16 +1,32 @@
-"""d2seg's config keys, added on top of Detectron2's defaults.
+"""d2seg's config keys, added to a Detectron2 config without changing any value it already has.
+
+d2seg is a guest in Detectron2 projects: :func:`add_d2seg_config` only *adds* keys that are not
+there yet. Every value of ``detectron2.config.get_cfg()`` (and of keys a project added before, such
+as DeepLab's ``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA``) stays as it is; d2seg's own choices for
+Detectron2's keys (``META_ARCHITECTURE: EncoderDecoder``, ``SEM_SEG_HEAD.NAME: FCNHead``, widths,
+SyncBN, 19 classes, ...) live in ``configs/_base_/``, which every d2seg config inherits.
 
 Keys Detectron2 already has keep their meaning (``MODEL.SEM_SEG_HEAD.NUM_CLASSES``,
 ``IGNORE_VALUE``, ``NORM``, ``LOSS_WEIGHT``, ``CONVS_DIM`` = mmseg's ``channels``, ``INPUT.CROP``,
-``SOLVER.*``). What every decode head shares sits in a *head node*; the same schema is used by
+``SOLVER.*``); so do keys shared with Detectron2's projects (DeepLab's ``RESNETS.STEM_TYPE`` and
+``SOLVER.POLY_LR_POWER``, Mask2Former's ``SOLVER.OPTIMIZER`` and ``INPUT.SIZE_DIVISIBILITY``).
+Detectron2 keys that d2seg's models do not read are refused when set (:func:`check_detectron2_keys`).
+What every decode head shares sits in a *head node*; the same schema is used by
 ``MODEL.SEM_SEG_HEAD`` (the decode head), ``MODEL.AUX_HEAD`` (auxiliary head, NAME "" = none) and
 ``MODEL.CASCADE_HEAD`` (the first stage of a cascade, e.g. OCRNet's FCN stage). What one method
 needs sits in its own node (``MODEL.PSP_HEAD``, ``MODEL.ASPP_HEAD``, ...), with mmseg's values
 from ``configs/_base_/models/*_r50-d8.py`` as defaults.
 """
-from detectron2.config import CfgNode as CN
+import copy
+from functools import lru_cache
 
-__all__ = ["add_d2seg_config", "add_head_node_keys"]
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+from .data.datasets.from_config import add_folder_dataset_config
+
+__all__ = ["add_d2seg_config", "add_head_node_keys", "check_detectron2_keys",
+           "UNHONOURED_DETECTRON2_KEYS"]
 
 
 def add_head_node_keys(node: CN, **overrides) -> CN:
@@ -42,14 +58,35 @@ def add_head_node_keys(node: CN, **overrides) -> CN:
 
 
 def add_d2seg_config(cfg: CN) -> None:
-    """Adds d2seg's keys to a Detectron2 config (from ``detectron2.config.get_cfg()``)."""
-    _C = cfg
-    _C.MODEL.META_ARCHITECTURE = "EncoderDecoder"
+    """Adds d2seg's keys to a Detectron2 config (from ``detectron2.config.get_cfg()``, before or
+    after a project's ``add_*_config``): keys already there keep their values."""
+    _add_missing(cfg, _d2seg_keys())
+    add_folder_dataset_config(cfg)  # DATASETS.FOLDER: datasets declared in the config
+
+
+def _add_missing(cfg: CN, keys: CN) -> None:
+    for name, value in keys.items():
+        if name not in cfg:
+            setattr(cfg, name, copy.deepcopy(value))
+        elif isinstance(value, CN) and isinstance(cfg[name], CN):
+            _add_missing(cfg[name], value)
+
+
+@lru_cache(maxsize=None)
+def _d2seg_keys() -> CN:
+    """d2seg's keys with their defaults, as a tree over Detectron2's nodes (read-only: copied
+    into a config by :func:`_add_missing`). Where Detectron2 already has a key (the head node's
+    NAME, IN_FEATURES, CONVS_DIM, NORM in SEM_SEG_HEAD), its value is kept."""
+    _C = CN()
+    for node in ("MODEL.SEM_SEG_HEAD", "MODEL.RESNETS", "INPUT.CROP", "SOLVER.AMP",
+                 "TEST.AUG", "DATALOADER"):
+        parent = _C
+        for part in node.split("."):
+            parent = parent.setdefault(part, CN())
 
     # ---- decode heads ------------------------------------------------------------------------
     # NUM_CLASSES and IGNORE_VALUE (Detectron2's keys) are read from SEM_SEG_HEAD by every head.
-    add_head_node_keys(_C.MODEL.SEM_SEG_HEAD, NAME="FCNHead", NORM="SyncBN")
-    _C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19
+    add_head_node_keys(_C.MODEL.SEM_SEG_HEAD)
     # Auxiliary head on res4 (mmseg's auxiliary_head); NAME "" = none.
     _C.MODEL.AUX_HEAD = add_head_node_keys(
         CN(), NAME="", IN_FEATURES=["res4"], CONVS_DIM=256, NUM_CONVS=1, CONCAT_INPUT=False,
@@ -62,7 +99,7 @@ def add_d2seg_config(cfg: CN) -> None:
     )
 
     _C.MODEL.PSP_HEAD = CN()
-    _C.MODEL.PSP_HEAD.POOL_SCALES = [1, 2, 3, 6]  # pyramid pooling bins (PSPHead, UPerHead)
+    _C.MODEL.PSP_HEAD.POOL_SCALES = [1, 2, 3, 6]  # PSPHead's pyramid pooling bins
 
     _C.MODEL.ASPP_HEAD = CN()
     _C.MODEL.ASPP_HEAD.DILATIONS = [1, 12, 24, 36]  # ASPP branch dilations (1 = 1x1 branch)
@@ -109,14 +146,18 @@ def add_d2seg_config(cfg: CN) -> None:
     # ---- backbones ---------------------------------------------------------------------------
     # build_dilated_resnet_backbone reads MODEL.RESNETS: DEPTH, NORM, STEM_OUT_CHANNELS,
     # RES2_OUT_CHANNELS, STRIDE_IN_1X1 (True = caffe style), OUT_FEATURES, and these:
-    _C.MODEL.RESNETS.STEM_TYPE = "deep"  # "deep" (V1c: 3 x conv3x3) or "basic" (7x7 conv)
+    # "deeplab": three 3x3 convs, STEM_OUT_CHANNELS / 2, / 2, STEM_OUT_CHANNELS wide (mmseg's
+    # deep_stem, ResNetV1c; Detectron2 DeepLab's stem) or "basic" (7x7 conv); the key and its
+    # values are those of Detectron2's DeepLab project
+    _C.MODEL.RESNETS.STEM_TYPE = "basic"
     _C.MODEL.RESNETS.STAGE_STRIDES = [1, 2, 1, 1]  # stride of res2..res5 (OS8)
     _C.MODEL.RESNETS.STAGE_DILATIONS = [1, 1, 2, 4]  # dilation of res2..res5 (OS8)
     # first block of a dilated stage uses dilation // 2 (mmseg's contract_dilation)
     _C.MODEL.RESNETS.CONTRACT_DILATION = True
     # mmseg's multi_grid: res5's blocks use these dilations (one per block, replacing the stage
-    # dilation, as mmseg's ResLayer does); [] = the stage dilation (DeepLabV3 D16-MG124: 1, 2, 4)
-    _C.MODEL.RESNETS.MULTI_GRID = []
+    # dilation, as mmseg's ResLayer does); [] = the stage dilation (DeepLabV3 D16-MG124: 1, 2, 4).
+    # Not DeepLab's RES5_MULTI_GRID, whose values multiply RES5_DILATION.
+    _C.MODEL.RESNETS.RES5_DILATION_PER_BLOCK = []
     # without ImageNet weights: each residual block's last norm starts at 0 (mmseg's ResNet
     # zero_init_residual, its default); convs Kaiming fan_out, norms 1/0 (d2seg/modeling/backbone)
     _C.MODEL.RESNETS.ZERO_INIT_RESIDUAL = True
@@ -141,7 +182,8 @@ def add_d2seg_config(cfg: CN) -> None:
     # image is resized again (bilinear) so both sides are rounded up to a multiple; 0 = off
     _C.INPUT.TEST_SIZE_DIVISOR = 0
     _C.INPUT.SIZE_DIVISIBILITY = 0  # pad training batches to a multiple of this (0 = no)
-    _C.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 0.75  # mmseg's cat_max_ratio of RandomCrop
+    # mmseg's cat_max_ratio of RandomCrop (1.0 = off; the key of Detectron2's DeepLab project)
+    _C.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
     _C.INPUT.PHOTOMETRIC_DISTORTION = True  # mmseg's PhotoMetricDistortion
     # mmseg's RandomRotate (after RandomFlip): with probability PROB the image and label are
     # rotated about their centre by an angle ~ U(DEGREE) (cv2.warpAffine as mmcv.imrotate,
@@ -178,7 +220,7 @@ def add_d2seg_config(cfg: CN) -> None:
     _C.SOLVER.POLY_LR_MIN_LR = 1e-4  # WarmupPolyLR: mmseg's min_lr (absolute)
     # "SGD" (Detectron2's, with MOMENTUM / NESTEROV) or "AdamW" (mmseg's rsb-pretrain configs);
     # both take Detectron2's parameter groups (WEIGHT_DECAY_NORM, WEIGHT_DECAY_BIAS, ...)
-    _C.SOLVER.OPTIMIZER = "SGD"
+    _C.SOLVER.OPTIMIZER = "SGD"  # case-insensitive ("ADAMW" as in Mask2Former's configs)
     _C.SOLVER.BETAS = (0.9, 0.999)  # AdamW: torch's / mmcv's defaults
     _C.SOLVER.EPS = 1e-8  # AdamW
     # SOLVER.CLIP_GRADIENTS.CLIP_TYPE also takes "full_model": one norm over all gradients
@@ -207,3 +249,54 @@ def add_d2seg_config(cfg: CN) -> None:
     # out_project into the fusion bottleneck; same maths, rounding; training too)
     _C.MODEL.SPEED.FOLD_PROJECTIONS = False
     _C.MODEL.SPEED.COMPILE = False  # torch.compile the backbone and heads (first call compiles)
+    return _C
+
+
+# Detectron2 keys that d2seg's models and data pipeline do not read, with the d2seg key that does
+# the job: setting one (to anything but Detectron2's default) is an error, not a silent no-op.
+UNHONOURED_DETECTRON2_KEYS = {
+    "INPUT.MIN_SIZE_TRAIN": "INPUT.IMG_SCALE and INPUT.RATIO_RANGE (mmseg's Resize)",
+    "INPUT.MIN_SIZE_TRAIN_SAMPLING": "INPUT.RATIO_RANGE (a ratio drawn uniformly in the range)",
+    "INPUT.MAX_SIZE_TRAIN": "INPUT.IMG_SCALE (long and short side bounds)",
+    "INPUT.MIN_SIZE_TEST": "INPUT.TEST_IMG_SCALE",
+    "INPUT.MAX_SIZE_TEST": "INPUT.TEST_IMG_SCALE",
+    "TEST.AUG.MIN_SIZES": "TEST.AUG.RATIOS (ratios of INPUT.TEST_IMG_SCALE)",
+    "TEST.AUG.MAX_SIZE": "TEST.AUG.RATIOS (ratios of INPUT.TEST_IMG_SCALE)",
+    "MODEL.SEM_SEG_HEAD.COMMON_STRIDE": "nothing: d2seg's heads resize their logits to the input",
+    "MODEL.RESNETS.RES5_DILATION": "MODEL.RESNETS.STAGE_DILATIONS (res2..res5)",
+    "MODEL.RESNETS.DEFORM_ON_PER_STAGE": "nothing: d2seg's ResNet has no deformable convs",
+    "DATALOADER.SAMPLER_TRAIN": "nothing: d2seg trains with its resumable sampler (same "
+                                "stream after a resume; docs/reliability.md)",
+}
+
+
+@lru_cache(maxsize=None)
+def _detectron2_defaults() -> dict:
+    defaults = get_cfg()
+    out = {}
+    for key in UNHONOURED_DETECTRON2_KEYS:
+        node = defaults
+        for part in key.split("."):
+            node = node[part]
+        out[key] = _plain(node)
+    return out
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def check_detectron2_keys(cfg: CN) -> None:
+    """Raises a ValueError naming every Detectron2 key that the config sets but d2seg's models do
+    not read, and the d2seg key that does the job (a d2seg model built from such a config would
+    silently ignore it)."""
+    bad = []
+    for key, default in _detectron2_defaults().items():
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None and _plain(node) != default:
+            bad.append(f"{key}={_plain(node)!r} (d2seg's models read {UNHONOURED_DETECTRON2_KEYS[key]})")
+    if bad:
+        raise ValueError("Detectron2 keys that d2seg's models do not read are set: "
+                         + "; ".join(bad) + ". Leave them at Detectron2's defaults.")

@@ -63,9 +63,10 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     BIAS_LR_FACTOR) and SOLVER.BETAS / EPS. SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model" clips
     the norm of all gradients together, as mmcv's OptimizerHook; under AMP the GradScaler
     unscales the gradients before ``step`` clips them."""
-    name = cfg.SOLVER.OPTIMIZER
-    if name not in OPTIMIZERS:
-        raise ValueError(f"SOLVER.OPTIMIZER={name!r}: d2seg builds one of {OPTIMIZERS}")
+    # case-insensitive: Mask2Former-style projects spell it "ADAMW"
+    name = {n.upper(): n for n in OPTIMIZERS}.get(str(cfg.SOLVER.OPTIMIZER).upper())
+    if name is None:
+        raise ValueError(f"SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r}: d2seg builds one of {OPTIMIZERS}")
     clip = cfg.SOLVER.CLIP_GRADIENTS
     if clip.ENABLED and clip.CLIP_TYPE not in CLIP_TYPES:
         raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clip.CLIP_TYPE!r}: one of {CLIP_TYPES}")

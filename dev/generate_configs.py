@@ -515,14 +515,14 @@ class Translation:
         self.set("MODEL.BACKBONE.FREEZE_AT", 0)  # norm_eval=False, frozen_stages=-1
         self.set("MODEL.RESNETS.DEPTH", depth)
         # ResNetV1c: deep stem (3 x conv3x3); ResNet (V1b, torchvision's layout): 7x7 conv
-        self.set("MODEL.RESNETS.STEM_TYPE", "deep" if btype == "ResNetV1c" else "basic")
+        self.set("MODEL.RESNETS.STEM_TYPE", "deeplab" if btype == "ResNetV1c" else "basic")
         b.expect("num_stages", 4)
         dilations, strides = list(b.take("dilations")), list(b.take("strides"))
         self.set("MODEL.RESNETS.STAGE_DILATIONS", dilations)
         self.set("MODEL.RESNETS.STAGE_STRIDES", strides)
         self.set("MODEL.RESNETS.CONTRACT_DILATION", b.take("contract_dilation"))
         grid = list(b.take("multi_grid", None) or [])
-        self.set("MODEL.RESNETS.MULTI_GRID", grid)
+        self.set("MODEL.RESNETS.RES5_DILATION_PER_BLOCK", grid)
         style = b.take("style")
         if style not in ("pytorch", "caffe"):
             raise TranslationError(f"{self.stem}: ResNet style {style!r}")

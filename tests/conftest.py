@@ -10,7 +10,8 @@ os.environ.setdefault("DETECTRON2_DATASETS", os.path.join(
 sys.path.insert(0, os.path.dirname(__file__))
 # dev/: MMSegmentation as the reference of the parity tests (mmseg_peer.py) and the
 # development tools that need it (generate_configs.py, build_checkpoint_table.py, ...)
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev"))
+for _folder in ("tools", "dev"):  # the tests import user tools and development helpers by name
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), _folder))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

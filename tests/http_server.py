@@ -8,7 +8,9 @@ thread, serving bytes registered per URL path, counting requests, and able to mi
         url = server.url + "/pretrain/x-1234abcd.pth"              # any other path: 404
         server.requests["/pretrain/x-1234abcd.pth"]                # GETs seen so far
 
-``refused_url()`` is a URL on a port nobody listens on.
+``refused_url()`` is a URL on a port nobody listens on. The fixtures ``cache`` (an empty
+FVCORE_CACHE with fresh download handlers) and ``server`` (a FileServer standing in for
+download.openmmlab.com through D2SEG_MIRROR) serve the download tests.
 """
 import collections
 import socket
@@ -16,7 +18,27 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["FileServer", "refused_url"]
+import pytest
+
+__all__ = ["FileServer", "refused_url", "cache", "server"]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    from d2seg.checkpoint.handlers import register_handlers
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("FVCORE_CACHE", str(root))
+    register_handlers()  # fresh handlers: nothing remembered from other tests
+    yield str(root)
+    register_handlers()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    with FileServer() as s:
+        monkeypatch.setenv("D2SEG_MIRROR", s.url)
+        yield s
 
 
 class FileServer:

@@ -17,7 +17,7 @@ def _d2seg_backbone(depth, width, zero_init=True):
         "MODEL.RESNETS.DEPTH", str(depth), "MODEL.RESNETS.NORM", "BN",
         "MODEL.RESNETS.STEM_OUT_CHANNELS", str(width), "MODEL.RESNETS.RES2_OUT_CHANNELS",
         str(width if depth < 50 else 4 * width), "MODEL.RESNETS.WIDTH_PER_GROUP", str(width),
-        "MODEL.RESNETS.ZERO_INIT_RESIDUAL", str(zero_init),
+        "MODEL.RESNETS.ZERO_INIT_RESIDUAL", str(zero_init), "MODEL.RESNETS.STEM_TYPE", "deeplab",
         "MODEL.RESNETS.OUT_FEATURES", "['res2', 'res3', 'res4', 'res5']",
     ])
     return build_dilated_resnet_backbone(cfg, ShapeSpec(channels=3))

@@ -40,7 +40,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def resnet_model(depth=50, stem="deep", stride_in_1x1=False, norm="BN", extra=()):
+def resnet_model(depth=50, stem="deeplab", stride_in_1x1=False, norm="BN", extra=()):
     cfg = get_d2seg_cfg(REPO_CONFIGS / "_base_/models/fcn_r50-d8.yaml", BN_OPTS + [
         "MODEL.RESNETS.DEPTH", depth, "MODEL.RESNETS.STEM_TYPE", stem,
         "MODEL.RESNETS.STRIDE_IN_1X1", stride_in_1x1, "MODEL.RESNETS.NORM", norm, *extra])
@@ -359,7 +359,7 @@ def test_backbone_of_another_layout_raises(tmp_path):
     """torchvision (7x7 stem) weights into a V1c (deep stem) config; R-101 into R-50."""
     torchvision = pytest.importorskip("torchvision")
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "tv.pth")
-    model = resnet_model(50, stem="deep")
+    model = resnet_model(50, stem="deeplab")
     with pytest.raises(CheckpointMismatchError, match=r"shape mismatch for backbone\.stem\.conv1"):
         SegCheckpointer(model).load(str(tmp_path / "tv.pth"))
     torch.save(v1c_state_dict(101), tmp_path / "r101.pth")

@@ -7,7 +7,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import d2seg  # noqa: F401
-from d2seg.data.datasets import cityscapes
+from d2seg.data.datasets import cityscapes, dataset_metadata
 from d2seg.data.mappers import SemSegDatasetMapper
 
 import common
@@ -20,7 +20,7 @@ def mapper(num_classes, *opts, dataset=None):
 
 
 def check_metadata(name, n, evaluator_type="sem_seg", reduce=False):
-    meta = MetadataCatalog.get(name)
+    meta = dataset_metadata(name)  # d2seg's view: Detectron2's names completed, not changed
     assert len(meta.stuff_classes) == len(meta.stuff_colors) == n
     assert all(len(c) == 3 for c in meta.stuff_colors)
     assert meta.ignore_label == 255 and meta.evaluator_type == evaluator_type

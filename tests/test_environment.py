@@ -1,4 +1,4 @@
-"""The project's environment: the torch floor, optional packages named by their extra, the
+"""The project's environment: the torch and Detectron2 floors, optional packages named by their extra, the
 dependencies the tests and tools import declared where pip sees them, and the Makefile's choice of
 interpreter (issue: a fresh machine with only python3)."""
 import ast
@@ -10,7 +10,13 @@ import sys
 
 import pytest
 
-from d2seg.utils.dependencies import MIN_TORCH, check_torch_version, require
+from d2seg.utils.dependencies import (
+    MIN_DETECTRON2,
+    MIN_TORCH,
+    check_detectron2_version,
+    check_torch_version,
+    require,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # imported by the test suite but installed by tools/install_*.sh, not by pip's extras:
@@ -31,6 +37,35 @@ def test_import_d2seg_on_old_torch_fails_clearly():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode != 0
     assert "d2seg needs torch >= " in proc.stderr and "torch 2.1.0" in proc.stderr
+
+
+def test_detectron2_floor_names_both_versions_and_how_to_install():
+    need = ".".join(map(str, MIN_DETECTRON2))
+
+    def loader(dataset, sampler, total_batch_size, *, single_gpu_batch_size=None, seed=None,
+               **kwargs):  # Detectron2's build_batch_data_loader from 2024-02 on
+        pass
+
+    def old_loader(dataset, sampler, total_batch_size, *, single_gpu_batch_size=None,
+                   **kwargs):  # before
+        pass
+
+    with pytest.raises(ImportError, match=rf"Detectron2 >= {re.escape(need)} .*Detectron2 0\.5\b"
+                                          r".*sal-detectron2==0\.7\.2.*git\+https://github"):
+        check_detectron2_version("0.5", loader)
+    # Detectron2's main still calls itself 0.6: a main older than the floor fails too
+    with pytest.raises(ImportError, match=r"Detectron2 0\.6 of before 2024-02"):
+        check_detectron2_version("0.6", old_loader)
+    check_detectron2_version(need, loader)  # the floor itself passes
+    check_detectron2_version("0.7.2", loader)
+    check_detectron2_version()  # the installed one
+
+
+def test_import_d2seg_on_old_detectron2_fails_clearly():
+    code = "import detectron2; detectron2.__version__ = '0.4'; import d2seg"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode != 0
+    assert "d2seg needs Detectron2 >= " in proc.stderr and "Detectron2 0.4" in proc.stderr
 
 
 def test_require_names_the_extra():
@@ -94,8 +129,10 @@ def _closure(names):
 
 def _third_party_imports(paths):
     stdlib = set(sys.stdlib_module_names)
-    # the suite's and the tools' own modules (tools/ and tests/ are on sys.path there)
-    local = {"d2seg"} | {os.path.splitext(os.path.basename(p))[0] for p in paths}
+    # the suite's, the tools' and the development helpers' own modules (tools/, dev/ and tests/
+    # are on sys.path there; dev/ needs MMSegmentation, the test-only reference)
+    dev = [f for f in os.listdir(os.path.join(REPO, "dev")) if f.endswith(".py")]
+    local = {"d2seg"} | {os.path.splitext(os.path.basename(p))[0] for p in [*paths, *dev]}
     found = {}
     for path in paths:
         with open(path) as f:

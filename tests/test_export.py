@@ -95,7 +95,8 @@ def test_bgr_model_takes_rgb_and_normalises_in_graph():
 def _tool_args(tmp_path, fmt="onnx", extra=()):
     """export_model.py's command line for the tiny FCN (its narrow widths as overrides)."""
     yaml, opts = METHODS["fcn"]
-    opts = [*_RESNET, *_HEAD, *opts]
+    # a base model yaml has no training crop (Detectron2's relative default): give it one
+    opts = [*_RESNET, *_HEAD, *opts, "INPUT.CROP.SIZE", [64, 96]]
     return ["--config-file", str(REPO_CONFIGS / f"_base_/models/{yaml}.yaml"), "--format", fmt,
             "--output", str(tmp_path), "--height", "64", "--width", "96", *extra,
             *map(str, opts)]

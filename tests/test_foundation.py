@@ -22,7 +22,7 @@ def test_import_registers_components():
 def test_add_config_keys_have_defaults():
     cfg = get_cfg()
     d2seg.add_d2seg_config(cfg)
-    assert cfg.MODEL.META_ARCHITECTURE == "EncoderDecoder"
+    assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"  # Detectron2's: d2seg only adds keys
     assert cfg.MODEL.AUX_HEAD.LOSS_WEIGHT == 0.4 and cfg.MODEL.AUX_HEAD.NAME == ""
     assert list(cfg.MODEL.ASPP_HEAD.DILATIONS) == [1, 12, 24, 36]
     assert cfg.TEST.MODE == "whole"
@@ -35,7 +35,7 @@ def test_add_config_keys_have_defaults():
 def test_resnet_shapes_strides_channels(depth, style, os_, strides, dilations):
     cfg = tiny_cfg(depth=depth, width=8, opts=[
         "MODEL.RESNETS.STAGE_STRIDES", strides, "MODEL.RESNETS.STAGE_DILATIONS", dilations,
-        "MODEL.RESNETS.STEM_TYPE", "deep" if style == "pytorch" else "basic",
+        "MODEL.RESNETS.STEM_TYPE", "deeplab" if style == "pytorch" else "basic",
         "MODEL.RESNETS.STRIDE_IN_1X1", style == "caffe"])
     backbone = build_backbone(cfg)
     out = backbone(torch.randn(1, 3, 64, 64))

@@ -238,7 +238,8 @@ def test_danet_fp16_autocast_at_512x1024_gives_finite_logits():
         conv.norm.weight.data.fill_(150.0)
     img = torch.randint(0, 256, (3, 512, 1024), dtype=torch.uint8,
                         generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    # the GPU's float16 autocast, here on the CPU (where an fp16 config itself infers in fp32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
         logits = model([{"image": img}])[0]["sem_seg"]
     assert logits.shape == (5, 512, 1024) and logits.dtype == torch.float32
     assert torch.isfinite(logits).all()

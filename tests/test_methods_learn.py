@@ -35,7 +35,7 @@ from common import REPO_CONFIGS, get_d2seg_cfg
 from d2seg.engine import Trainer
 from d2seg.engine.trainer import check_config
 from d2seg.evaluation import SemSegEvaluator
-from d2seg.evaluation.sem_seg_evaluator import load_label
+from d2seg.data.image_io import read_label
 
 NUM_IMAGES = 8  # training images fitted and scored (evenly spaced over d2seg_shapes_train)
 ITERS = 150
@@ -113,13 +113,13 @@ def blind_baseline(dataset: str):
     num_classes, ignore = len(meta.stuff_classes), meta.ignore_label
     counts = np.zeros(num_classes, np.int64)
     for d in dicts:
-        label = load_label(d["sem_seg_file_name"])
+        label = read_label(d["sem_seg_file_name"])
         counts += np.bincount(label[label != ignore].ravel(), minlength=num_classes)[:num_classes]
     cls = int(counts.argmax())
     evaluator = SemSegEvaluator(dataset, distributed=False)
     evaluator.reset()
     for d in dicts:
-        h, w = load_label(d["sem_seg_file_name"]).shape
+        h, w = read_label(d["sem_seg_file_name"]).shape
         logits = torch.zeros(num_classes, h, w)
         logits[cls] = 1
         evaluator.process([d], [{"sem_seg": logits}])

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from detectron2.data import MetadataCatalog
-
+from d2seg.data.datasets import dataset_metadata
 from d2seg.data.mappers import SemSegDatasetMapper, dataset_reduce_zero_label
 
 from common import REPO_CONFIGS, get_d2seg_cfg
@@ -59,7 +58,7 @@ def test_zoo_config_test_pipeline(rel):
     if crop:
         assert (list(cfg.TEST.CROP_SIZE), list(cfg.TEST.STRIDE)) == (crop, stride)
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
-        meta = MetadataCatalog.get(name)
+        meta = dataset_metadata(name)  # Detectron2's names completed by d2seg's facts
         assert len(meta.stuff_classes) == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, name
         assert dataset_reduce_zero_label(cfg, [name]) == bool(meta.reduce_zero_label)
 

@@ -11,7 +11,7 @@ import yaml
 
 from detectron2.utils.file_io import PathManager
 
-from http_server import FileServer, refused_url
+from http_server import cache, refused_url, server  # noqa: F401  (fixtures)
 from d2seg.checkpoint import ChecksumError, DownloadError, resolve_name
 from d2seg.checkpoint.catalog import apply_mirror, checkpoint_table
 from d2seg.checkpoint.download import cache_path_for
@@ -27,22 +27,6 @@ def cache_files(root):
 
 def hashed(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:8]
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("FVCORE_CACHE", str(root))
-    register_handlers()  # fresh handlers: nothing remembered from other tests
-    yield str(root)
-    register_handlers()
-
-
-@pytest.fixture
-def server(monkeypatch):
-    with FileServer() as s:
-        monkeypatch.setenv("D2SEG_MIRROR", s.url)
-        yield s
 
 
 def publish(server, path, data):
@@ -138,7 +122,7 @@ def test_verified_download_is_cached_and_reused_offline(cache, server, monkeypat
     assert server.requests[f"/pretrain/third_party/w-{hashed(data)}.pth"] == 1
 
 
-def test_wrong_hash_is_deleted_and_names_url_and_both_prefixes(cache, server):
+def test_wrong_download_is_discarded_and_names_url_and_both_prefixes(cache, server):
     data = os.urandom(3000)
     wrong = "0123abcd" if hashed(data) != "0123abcd" else "0123abce"
     url = publish(server, f"/mmsegmentation/v0.5/x/x-{wrong}.pth", data)
@@ -146,20 +130,34 @@ def test_wrong_hash_is_deleted_and_names_url_and_both_prefixes(cache, server):
         PathManager.get_local_path(url)
     msg = str(e.value)
     assert url in msg and wrong in msg and hashed(data) in msg
-    assert cache_files(cache) == []
+    # only the lock file stays (removing it could let two processes download at once)
+    assert cache_files(cache) == [f"mmsegmentation/v0.5/x/x-{wrong}.pth.lock"]
 
 
-def test_wrong_file_placed_in_the_cache_by_hand_is_rejected(cache, server):
+def test_wrong_file_placed_in_the_cache_by_hand_is_moved_aside_never_deleted(cache, server):
     data = os.urandom(3000)
-    url = publish(server, f"/pretrain/third_party/h-{hashed(data)}.pth", data)
+    path = f"/pretrain/third_party/h-{hashed(data)}.pth"
+    url = publish(server, path, data)
     target = cache_path_for(url)
     os.makedirs(os.path.dirname(target))
     with open(target, "wb") as f:
         f.write(data[:-1])  # one byte short
-    with pytest.raises(ChecksumError, match=hashed(data)):
+    assert PathManager.get_local_path(url) == target
+    assert open(target, "rb").read() == data and server.requests[path] == 1
+    aside = [f for f in cache_files(cache) if ".mismatch-" in f]
+    assert len(aside) == 1 and open(os.path.join(cache, aside[0]), "rb").read() == data[:-1]
+
+    # the same with no way to download: the error says where the user's file went
+    with open(target, "wb") as f:
+        f.write(data[1:])
+    server.files.pop(path)
+    with pytest.raises(DownloadError) as e:
         PathManager.get_local_path(url)
-    assert cache_files(cache) == []
-    assert server.requests[f"/pretrain/third_party/h-{hashed(data)}.pth"] == 0
+    aside = [f for f in cache_files(cache) if ".mismatch-" in f]
+    assert len(aside) == 2 and not os.path.exists(target)
+    moved = [os.path.join(cache, f) for f in aside
+             if open(os.path.join(cache, f), "rb").read() == data[1:]]
+    assert len(moved) == 1 and f"moved to {moved[0]}" in str(e.value)
 
 
 @pytest.mark.parametrize("failure", ["truncated", "404", "refused"])
@@ -178,7 +176,7 @@ def test_failed_transfer_names_url_and_cache_path_and_leaves_nothing(
     assert path in msg and cache_path_for(url) in msg
     assert {"truncated": "1000 out of 4000", "404": "404",
             "refused": "refused"}[failure] in msg
-    assert cache_files(cache) == []
+    assert cache_files(cache) == [path.lstrip("/") + ".lock"]
 
 
 def _load_in_child(url, barrier, queue):
@@ -226,4 +224,6 @@ def test_download_weights_tool_fills_the_given_cache_and_fails_naming_what_faile
     assert download_weights.main([missing, "mmseg://ann/no_such_config", "--cache", other]) == 1
     err = capsys.readouterr().err
     assert f"FAILED {missing}" in err and "FAILED mmseg://ann/no_such_config" in err
-    assert cache_files(other) == [path.lstrip("/"), path.lstrip("/") + ".lock"]
+    # nothing cached for the failure but its (empty) lock file, which is never removed
+    assert cache_files(other) == [path.lstrip("/"), path.lstrip("/") + ".lock",
+                                  f"pretrain/third_party/nothere-{hashed(b'x')}.pth.lock"]

@@ -23,6 +23,7 @@ from d2seg.checkpoint.catalog import (
 )
 from d2seg.checkpoint.handlers import register_handlers
 from d2seg.checkpoint.metadata import metadata_disagreement
+from d2seg.data.datasets import dataset_metadata
 
 mmseg_peer = pytest.importorskip("mmseg_peer")
 pytest.importorskip("mmseg")
@@ -144,7 +145,7 @@ def test_checkpoint_classes_and_palette_are_checked_against_the_dataset(
         mmseg_file, tmp_path, caplog):
     logging.getLogger("d2seg.checkpoint.metadata").addHandler(caplog.handler)
     dataset = zoo.get_config(NAME).DATASETS.TEST[0]
-    meta = MetadataCatalog.get(dataset)
+    meta = dataset_metadata(dataset)  # Detectron2's Cityscapes, with mmseg's palette from d2seg
     data = torch.load(mmseg_file, weights_only=False)
     model = build_model(cpu_config(NAME)).eval()
     with caplog.at_level(logging.WARNING):
@@ -258,6 +259,6 @@ def test_released_checkpoints_meta_agrees_with_the_configs_datasets(zoo_configs)
         cls = DATASETS.get(mmseg_peer.mmseg_config(name[:-len(".yaml")]).data.test.type)
         meta = {"classes": list(cls.CLASSES), "palette": [list(c) for c in cls.PALETTE]}
         for d in datasets:
-            checked[d] = metadata_disagreement(meta, MetadataCatalog.get(d), name)
+            checked[d] = metadata_disagreement(meta, dataset_metadata(d), name)
     assert len(checked) >= 4  # Cityscapes, ADE20K, VOC, Pascal Context at least
     assert {d: m for d, m in checked.items() if m} == {}

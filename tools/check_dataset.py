@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Checks a semantic-segmentation dataset before training: what gives mIoU 0 or NaN later.
 
+    python tools/check_dataset.py --config-file CFG [KEY VALUE ...]  # the datasets of a config
     python tools/check_dataset.py NAME [--num-classes N]            # a registered dataset
     python tools/check_dataset.py --image-root DIR --gt-root DIR --num-classes N \
         [--image-suffix .jpg] [--label-suffix .png] [--ignore-label 255] [--reduce-zero-label]
@@ -9,8 +10,12 @@ Reports per-class pixel counts, label values outside the class range, images wit
 (and labels without images), unreadable files, image/label size mismatches and label files that
 are not single-channel class ids, with hints for the classic mistakes: 0/255 binary masks,
 Cityscapes labelIds instead of labelTrainIds, a NUM_CLASSES that disagrees with the labels,
-1-based ids without reduce_zero_label, RGB (colour) and palette labels. Exits with 1 when it
-finds problems (0 when the dataset is usable; warnings alone do not fail).
+1-based ids without reduce_zero_label, RGB (colour) and palette labels. Labels are read by
+training's and evaluation's reader (``d2seg.data.image_io.read_label``): a label this tool accepts
+trains and evaluates. With ``--config-file`` it checks every dataset the config declares
+(DATASETS.FOLDER.NAMES) or uses (DATASETS.TRAIN, DATASETS.TEST) against its NUM_CLASSES, ignore
+value and reduce_zero_label. Exits with 1 when it finds problems (0 when the dataset is usable;
+warnings alone do not fail).
 """
 import argparse
 import os
@@ -22,9 +27,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from d2seg.data.datasets import dataset_metadata
+from d2seg.data.image_io import BadSampleError, ColourLabelError, read_image, read_label
+from d2seg.data.image_io import reduce_zero_label as _reduce_zero_label
+
 CITYSCAPES_LABEL_IDS = set(range(34))  # labelIds 0..33; the 19 trainIds are 0..18
 CITYSCAPES_TYPICAL_IDS = {7, 8, 11, 17, 21, 23, 24, 26}  # road, sidewalk, building, pole, ...
-_GOOD_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L")
 
 
 class Report:
@@ -55,14 +63,13 @@ def _few(items: Sequence[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
-def _read_label(path: str) -> Tuple[Optional[np.ndarray], str]:
-    """(array or None, PIL mode); raises on unreadable files."""
-    with Image.open(path) as img:
-        img.load()
-        mode = img.mode
-        if mode not in _GOOD_MODES:
-            return np.asarray(img), mode
-        return np.asarray(img).astype(np.int64), mode
+def _label_mode(path: str) -> str:
+    """The PIL mode of a label file (its header only), for the report."""
+    try:
+        with Image.open(path) as img:
+            return img.mode
+    except Exception:  # noqa: BLE001  (read_label reports it)
+        return "unreadable"
 
 
 def check_samples(samples: Sequence[Tuple[Optional[str], Optional[str]]], num_classes: int,
@@ -82,23 +89,21 @@ def check_samples(samples: Sequence[Tuple[Optional[str], Optional[str]]], num_cl
     labelids_named = [gt for _, gt in samples if gt and gt.endswith("_labelIds.png")]
     for img_path, gt_path in tqdm([s for s in samples if s[0] and s[1]], desc="checking",
                                   unit="img", disable=not progress):
-        try:
-            label, mode = _read_label(gt_path)
-        except Exception as e:  # noqa: BLE001  (any unreadable file is reported, not raised)
-            unreadable.append(f"{gt_path} ({type(e).__name__}: {e})")
-            continue
+        mode = _label_mode(gt_path)
         modes[mode] += 1
-        if mode not in _GOOD_MODES:
-            grey = label.ndim == 3 and (label[..., :3] == label[..., :1]).all()
-            (grey_rgb_files if grey else rgb_files).append(gt_path)
+        try:  # raw ids: the hints name the values in the files
+            label = read_label(gt_path)
+        except ColourLabelError as e:
+            (grey_rgb_files if e.grey else rgb_files).append(gt_path)
+            continue
+        except BadSampleError as e:  # unreadable, or ids that do not fit uint8
+            unreadable.append(str(e))
             continue
         if mode == "P":
             palette_files.append(gt_path)
-        try:
-            with Image.open(img_path) as im:
-                im.load()
-                size = im.size[::-1]
-        except Exception as e:  # noqa: BLE001
+        try:  # as training decodes it (cv2, EXIF orientation applied)
+            size = read_image(img_path).shape[:2]
+        except Exception as e:  # noqa: BLE001  (any unreadable file is reported, not raised)
             unreadable.append(f"{img_path} ({type(e).__name__}: {e})")
             continue
         if label.shape[:2] != size:
@@ -110,7 +115,7 @@ def check_samples(samples: Sequence[Tuple[Optional[str], Optional[str]]], num_cl
             raw_images[v] += 1
             if len(examples[v]) < 3:
                 examples[v].append(gt_path)
-        eff = set(_effective(v, ignore_label, reduce_zero_label) for v in values.tolist())
+        eff = set(_effective(v, reduce_zero_label) for v in values.tolist())
         if eff == {ignore_label}:
             all_ignored.append(gt_path)
 
@@ -120,7 +125,7 @@ def check_samples(samples: Sequence[Tuple[Optional[str], Optional[str]]], num_cl
     if no_image:
         rep.problem(f"{len(no_image)} label(s) without an image: {_few(no_image)}")
     if unreadable:
-        rep.problem(f"{len(unreadable)} unreadable/corrupt file(s): {_few(unreadable)}")
+        rep.problem(f"{len(unreadable)} unreadable/corrupt or unusable file(s): {_few(unreadable)}")
     if mismatched:
         rep.problem(f"{len(mismatched)} label(s) whose size differs from the image's: "
                     f"{_few(mismatched)}")
@@ -151,7 +156,7 @@ def check_samples(samples: Sequence[Tuple[Optional[str], Optional[str]]], num_cl
     out_of_range: Dict[int, int] = {}  # effective value -> pixels
     raw_of_bad: Dict[int, int] = {}
     for v, c in raw_pixels.items():
-        e = _effective(v, ignore_label, reduce_zero_label)
+        e = _effective(v, reduce_zero_label)
         if e == ignore_label:
             ignored += c
         elif 0 <= e < num_classes:
@@ -178,11 +183,9 @@ def check_samples(samples: Sequence[Tuple[Optional[str], Optional[str]]], num_cl
     return rep
 
 
-def _effective(v: int, ignore: int, reduce_zero_label: bool) -> int:
-    """The id the model trains on for a raw label value (mmseg's reduce_zero_label)."""
-    if not reduce_zero_label or v == ignore:
-        return v
-    return ignore if v == 0 else v - 1
+def _effective(v: int, reduce_zero_label: bool) -> int:
+    """The id the model trains on for a raw label value (the reader's reduce_zero_label)."""
+    return int(_reduce_zero_label(np.array([v]))[0]) if reduce_zero_label else v
 
 
 def _hints(rep, raw_pixels, raw_of_bad, out_of_range, examples, num_classes, class_pixels,
@@ -213,8 +216,9 @@ def _hints(rep, raw_pixels, raw_of_bad, out_of_range, examples, num_classes, cla
         if not binary and not cityscapes_ids:
             if not reduce_zero_label and 0 not in values and top == num_classes:
                 rep.problem(f"ids run 1..{num_classes} with no 0: 1-based labels? Set "
-                            "reduce_zero_label (INPUT.REDUCE_ZERO_LABEL True / "
-                            "register_sem_seg_folder(..., reduce_zero_label=True)) so that k -> k-1.")
+                            "reduce_zero_label (DATASETS.FOLDER.REDUCE_ZERO_LABEL True / "
+                            "INPUT.REDUCE_ZERO_LABEL True / register_sem_seg_folder(..., "
+                            "reduce_zero_label=True)) so that k -> k-1.")
             else:
                 zero_hint = (" If 0 means 'other / unlabelled' (as in ADE20K's raw annotations), "
                              "set reduce_zero_label instead (0 -> ignore, k -> k-1)."
@@ -246,14 +250,20 @@ def folder_samples(image_root, gt_root, image_suffix, label_suffix):
 
 
 def registered_samples(name):
-    from detectron2.data import DatasetCatalog, MetadataCatalog
+    """(samples, metadata) of a registered dataset; a dataset that cannot be listed (e.g. a folder
+    whose images and labels do not pair up) raises SystemExit with its error."""
+    from detectron2.data import DatasetCatalog
 
     import d2seg  # noqa: F401  (registers the datasets)
 
     if name not in DatasetCatalog.list():
         raise SystemExit(f"error: no dataset named {name!r} is registered (import the module that "
-                         "registers it, or use --image-root/--gt-root)")
-    dicts = DatasetCatalog.get(name)
+                         "registers it, declare it in DATASETS.FOLDER and give --config-file, or "
+                         "use --image-root/--gt-root)")
+    try:
+        dicts = DatasetCatalog.get(name)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {name}: {e}") from e
     samples = []
     for d in dicts:
         img = d["file_name"] if os.path.isfile(d["file_name"]) else None
@@ -261,12 +271,71 @@ def registered_samples(name):
         samples.append((img, gt if gt and os.path.isfile(gt) else None))
         if img is None:  # name the missing image itself
             samples[-1] = (None, gt or d["file_name"])
-    return samples, MetadataCatalog.get(name)
+    return samples, dataset_metadata(name)
+
+
+def check_registered(name: str, num_classes: Optional[int], ignore: int, reduce: bool,
+                     max_images: int = 0) -> Report:
+    """Checks a registered dataset; its metadata's ignore_label and reduce_zero_label win over
+    ``ignore`` / ``reduce``, its class count is the default of ``num_classes``."""
+    samples, meta = registered_samples(name)
+    classes = list(meta.get("stuff_classes", []) or [])
+    extra = []
+    if not (num_classes or classes):
+        raise SystemExit(f"error: {name} has no stuff_classes: give --num-classes")
+    if classes and num_classes and num_classes != len(classes):
+        extra.append(f"NUM_CLASSES={num_classes} disagrees with {name}'s {len(classes)} "
+                     f"classes: set MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(classes)}")
+        classes = None
+    ignore = meta.get("ignore_label", ignore)
+    reduce = bool(meta.get("reduce_zero_label", reduce))
+    if max_images:
+        samples = samples[:max_images]
+    rep = check_samples(samples, num_classes or len(classes), classes, ignore, reduce)
+    for msg in extra:
+        rep.problem(msg)
+    return rep
+
+
+def check_config(config_file: str, opts: List[str], max_images: int = 0) -> int:
+    """Checks every dataset the config declares (DATASETS.FOLDER.NAMES) or uses (TRAIN, TEST)
+    with the config's NUM_CLASSES, IGNORE_VALUE and reduce_zero_label; the exit code."""
+    import d2seg  # noqa: F401
+    from d2seg.data.mappers import dataset_reduce_zero_label
+    from d2seg.engine import setup_cfg
+
+    try:  # registers DATASETS.FOLDER; a bad declaration or NUM_CLASSES fails here, named
+        cfg = setup_cfg(argparse.Namespace(config_file=config_file, opts=opts), None)
+    except (OSError, ValueError) as e:
+        print(f"error: {config_file}: {e}")
+        return 1
+    names = list(dict.fromkeys([*cfg.DATASETS.FOLDER.NAMES, *cfg.DATASETS.TRAIN,
+                                *cfg.DATASETS.TEST]))
+    if not names:
+        print(f"error: {config_file} declares and uses no dataset")
+        return 1
+    failed = 0
+    for name in names:
+        print(f"==== {name}")
+        try:
+            rep = check_registered(name, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+                                   cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+                                   dataset_reduce_zero_label(cfg, [name]), max_images)
+        except SystemExit as e:
+            print(e)
+            failed += 1
+            continue
+        print(rep.text())
+        failed += bool(rep.problems)
+    print(f"\n{len(names)} dataset(s) checked, {failed} with problems.")
+    return 1 if failed else 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", nargs="?", help="a registered dataset (e.g. ade20k_sem_seg_raw_val)")
+    p.add_argument("--config-file", help="check the datasets of this config (then the "
+                   "positional arguments are KEY VALUE overrides)")
     p.add_argument("--image-root")
     p.add_argument("--gt-root")
     p.add_argument("--num-classes", type=int,
@@ -278,38 +347,34 @@ def main(argv=None) -> int:
     p.add_argument("--reduce-zero-label", action="store_true")
     p.add_argument("--classes", help="comma-separated class names (folder mode)")
     p.add_argument("--max-images", type=int, default=0, help="check only the first N (0 = all)")
-    args = p.parse_args(argv)
+    # with --config-file, the positional arguments are KEY VALUE overrides
+    args, opts = p.parse_known_args(argv)
 
-    rep_extra = []
+    if args.config_file:
+        if args.image_root or args.gt_root:
+            p.error("give --config-file or --image-root/--gt-root, not both")
+        return check_config(args.config_file, ([args.name] if args.name else []) + opts,
+                            args.max_images)
+    if opts:
+        p.error(f"unrecognized arguments: {' '.join(opts)} (KEY VALUE overrides need "
+                "--config-file)")
     if args.name:
         if args.image_root or args.gt_root:
             p.error("give a dataset NAME or --image-root/--gt-root, not both")
-        samples, meta = registered_samples(args.name)
-        classes = list(meta.get("stuff_classes", []) or [])
-        num_classes = args.num_classes or len(classes)
-        if not num_classes:
-            p.error(f"{args.name} has no stuff_classes: give --num-classes")
-        if classes and args.num_classes and args.num_classes != len(classes):
-            rep_extra.append(f"NUM_CLASSES={args.num_classes} disagrees with {args.name}'s "
-                             f"{len(classes)} classes: set MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(classes)}")
-            classes = None
-        ignore = meta.get("ignore_label", args.ignore_label)
-        reduce = bool(meta.get("reduce_zero_label", args.reduce_zero_label))
+        rep = check_registered(args.name, args.num_classes, args.ignore_label,
+                               args.reduce_zero_label, args.max_images)
     else:
         if not (args.image_root and args.gt_root and args.num_classes):
-            p.error("give a dataset NAME, or --image-root, --gt-root and --num-classes")
+            p.error("give --config-file, a dataset NAME, or --image-root, --gt-root and "
+                    "--num-classes")
         samples = folder_samples(args.image_root, args.gt_root, args.image_suffix, args.label_suffix)
         classes = args.classes.split(",") if args.classes else None
         if classes and len(classes) != args.num_classes:
             p.error(f"--classes lists {len(classes)} names but --num-classes is {args.num_classes}")
-        num_classes, ignore, reduce = args.num_classes, args.ignore_label, args.reduce_zero_label
-    if args.max_images:
-        samples = samples[: args.max_images]
-    if classes and len(classes) != num_classes:
-        classes = None
-    rep = check_samples(samples, num_classes, classes, ignore, reduce)
-    for msg in rep_extra:
-        rep.problem(msg)
+        if args.max_images:
+            samples = samples[: args.max_images]
+        rep = check_samples(samples, args.num_classes, classes, args.ignore_label,
+                            args.reduce_zero_label)
     print(rep.text())
     return 1 if rep.problems else 0
 

@@ -24,11 +24,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 import d2seg
-from d2seg.data.mappers.semseg_mapper import read_label
+from d2seg.data.datasets import dataset_metadata
+from d2seg.data.image_io import read_label
 from d2seg.engine import setup_cfg
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -103,7 +104,7 @@ def run(argv=None):
     args = parse_args(argv)
     cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts), None)
     predictor = d2seg.SemSegPredictor(cfg)
-    meta = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    meta = dataset_metadata(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     os.makedirs(args.output, exist_ok=True)
     if args.video_input or args.webcam:
         return run_video(args, predictor, meta)
@@ -111,7 +112,7 @@ def run(argv=None):
     gts = {}
     if args.dataset:
         dicts = DatasetCatalog.get(args.dataset)
-        meta = MetadataCatalog.get(args.dataset)
+        meta = dataset_metadata(args.dataset)
         files = [d["file_name"] for d in dicts]
         gts = {d["file_name"]: d for d in dicts if d.get("sem_seg_file_name")}
     else:

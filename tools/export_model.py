@@ -12,8 +12,8 @@ and W dynamic. The exported network is the whole-mode one: for a slide-mode conf
 printed crop size over the image (docs/deployment.md). Before exiting 0 the tool runs the file
 (ONNX Runtime for onnx) on random images at the export size and, with --dynamic, at a second
 size and batch, and compares with PyTorch (max |d logit| <= 1e-4, argmax agreement >= 99.99%);
-if that fails it deletes the file and exits 1. MODEL.SPEED's CPU kernels, compile and autocast
-are switched off for the export; BN is folded into the convs.
+if that fails it deletes the file and exits 1. MODEL.SPEED's CPU kernels and compile, and
+SOLVER.AMP's autocast, are switched off for the export; BN is folded into the convs.
 """
 import argparse
 import json
@@ -22,11 +22,11 @@ import sys
 
 import torch
 
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 import d2seg  # noqa: F401  (registration)
 from d2seg.checkpoint import SegCheckpointer
+from d2seg.data.datasets import dataset_metadata
 from d2seg.engine import setup_cfg
 from d2seg.export.exporters import (
     FILE_NAMES, FORMATS, MIN_OPSET, OPSET_NEEDS, export, remove_quietly, verify_export,
@@ -36,12 +36,12 @@ from d2seg.export.wrapper import SegmentationExportModule, plain_for_export
 # MODEL.SPEED options that put PyTorch-only code into the model (CPU kernels, compile, NHWC,
 # fused attention): exported graphs never hold them; BN folding stays (plain_for_export)
 PLAIN_SPEED = {"WINOGRAD": "", "GEMM_1X1": False, "COMPILE": False, "CHANNELS_LAST": False,
-               "FOLD_PROJECTIONS": False, "FUSED_ATTENTION": False, "AMP_DTYPE": ""}
+               "FOLD_PROJECTIONS": False, "FUSED_ATTENTION": False}
 
 
 def export_cfg(config_file: str, opts):
     """The config with ``opts`` and the plain MODEL.SPEED (only keys the config has), on the
-    CPU, without autocast."""
+    CPU, without autocast (SOLVER.AMP.ENABLED False)."""
     cfg = setup_cfg(argparse.Namespace(config_file=config_file, opts=list(opts)), None)
     plain = ["MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", False]
     for key, value in PLAIN_SPEED.items():
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
 
 
 def export_info(cfg, args, size, output_name, figures) -> dict:
-    meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+    meta = dataset_metadata(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
     mean, std = list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)
     if cfg.INPUT.FORMAT == "BGR":  # the graph takes RGB: report its statistics in RGB order
         mean, std = mean[::-1], std[::-1]

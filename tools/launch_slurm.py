@@ -9,12 +9,16 @@ task starting its per-GPU workers.
 
 Every task is one "machine" of ``tools/train_net.py``: ``--num-machines`` = the number of tasks,
 ``--machine-rank`` = the task's rank, ``--dist-url tcp://<first host>:<port>`` (the port from the
-job id and the attempt, so that all tasks agree without talking). Logs and checkpoints go to
-``--job-dir/<job id>``. On the timeout / preemption signal the workers are stopped and the job is
-requeued with ``--resume``: it continues from ``last_checkpoint``, and the exact-resume data
-stream (docs/reliability.md) makes the result that of an uninterrupted run. ``--gpus-per-node 0``
-runs one CPU process per node over gloo. submitit is needed by this tool only
-(``pip install submitit``). See docs/distributed.md.
+job id and the attempt, so that all tasks agree without talking). ``--job-dir`` is the run's
+OUTPUT_DIR (checkpoints, log.txt, metrics) whatever the job id, and submitit's files and logs go
+to ``--job-dir/<job id>``: resubmitting the same command with ``--resume`` continues the run.
+
+On the time-limit / preemption signal (submitit's USR2, or SIGTERM) each task passes the signal
+to its training processes, which finish the current iteration and save ``model_<iter>.pth``
+(d2seg/engine/preemption.py); then task 0 has submitit requeue the job with ``--resume``, which
+continues from that iteration, and the exact-resume data stream (docs/reliability.md) makes the
+result that of an uninterrupted run. ``--gpus-per-node 0`` runs one CPU process per node over
+gloo. submitit is needed by this tool only (``pip install submitit``). See docs/distributed.md.
 """
 import argparse
 import multiprocessing
@@ -22,9 +26,17 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import zlib
 
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
+# SLURM signals SIGNAL_DELAY_S before the time limit; the training processes then have
+# SAVE_TIMEOUT_S to save and exit, after which they are killed and the job is requeued anyway
+# (from the last periodic checkpoint)
+SIGNAL_DELAY_S = 120
+SAVE_TIMEOUT_S = 90
+# set in this process when training ran in it (world size 1) and stopped on a signal
+_STOPPED = []
 
 
 def parse_args(argv=None):
@@ -42,7 +54,8 @@ def parse_args(argv=None):
     g.add_argument("--partition", default=None, help="SLURM partition")
     g.add_argument("--timeout-min", type=int, default=60 * 72, help="job time limit, minutes")
     g.add_argument("--job-dir", required=True,
-                   help="logs and checkpoints go to JOB_DIR/<job id> (OUTPUT_DIR)")
+                   help="the run's OUTPUT_DIR (checkpoints, log.txt); submitit's files and logs "
+                        "in JOB_DIR/<job id>. --resume continues the run found there")
     g.add_argument("--mem-gb", type=int, default=None, help="memory per node")
     g.add_argument("--cpus-per-task", type=int, default=None,
                    help="CPUs per node (default: 10 per GPU, 2 without GPUs)")
@@ -62,6 +75,11 @@ def parse_args(argv=None):
     if args.num_machines != 1 or args.machine_rank != 0 or args.num_gpus != 1:
         parser.error("--num-machines/--machine-rank/--num-gpus are set by the launcher: use "
                      "--nodes and --gpus-per-node")
+    last = os.path.join(args.job_dir, "last_checkpoint")
+    if not (args.resume or args.eval_only) and os.path.exists(last):
+        parser.error(f"--job-dir {args.job_dir} holds a previous run ({last}): add --resume to "
+                     "continue it, or give another --job-dir (training from scratch there would "
+                     "overwrite its checkpoints)")
     return args
 
 
@@ -82,7 +100,7 @@ def executor_parameters(args) -> dict:
     if args.local:
         params.update(tasks_per_node=args.nodes, gpus_per_node=args.gpus_per_node)
         return params
-    params.update(nodes=args.nodes, tasks_per_node=1, slurm_signal_delay_s=120)
+    params.update(nodes=args.nodes, tasks_per_node=1, slurm_signal_delay_s=SIGNAL_DELAY_S)
     if args.gpus_per_node:
         params["gpus_per_node"] = args.gpus_per_node
     for key, value in (("mem_gb", args.mem_gb), ("slurm_partition", args.partition),
@@ -92,25 +110,22 @@ def executor_parameters(args) -> dict:
     return params
 
 
-def sbatch_script(args) -> str:
-    """The sbatch file submitit would write for ``args`` (with ``%j`` for the job id)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    params = dict(job_name=args.job_name, time=args.timeout_min, nodes=args.nodes,
-                  ntasks_per_node=1, cpus_per_task=cpus_per_task(args), signal_delay_s=120)
-    if args.gpus_per_node:
-        params["gpus_per_node"] = args.gpus_per_node
-    for key, value in (("mem", f"{args.mem_gb}GB" if args.mem_gb else None),
-                       ("partition", args.partition), ("constraint", args.constraint),
-                       ("comment", args.comment)):
-        if value is not None:
-            params[key] = value
-    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit",
-                        shlex.quote(os.path.join(args.job_dir, "%j"))])
-    return _make_sbatch_string(command=command, folder=os.path.join(args.job_dir, "%j"), **params)
+def slurm_folder(args) -> str:
+    """submitit's folder: the sbatch script, pickles and ``<job id>_<task>_log.out/.err``."""
+    return os.path.join(args.job_dir, "%j")
 
 
-def train_net_command(args, job_id="%j", machine_rank="$SLURM_NODEID", host="<first node>",
+def dry_run_text(args) -> str:
+    """What would be submitted: submitit's parameters (it writes the sbatch script from them:
+    ``nodes`` -> ``#SBATCH --nodes``, ``slurm_signal_delay_s`` -> ``--signal=USR2@...``, ...)."""
+    lines = ["# submitit.AutoExecutor(folder=%s).update_parameters(" % slurm_folder(args)]
+    lines += [f"#     {k}={v!r}," for k, v in sorted(executor_parameters(args).items())] + ["# )"]
+    lines += [f"# OUTPUT_DIR: {args.job_dir}",
+              "# each task runs (SLURM_NODEID = its node's rank):", train_net_command(args)]
+    return "\n".join(lines)
+
+
+def train_net_command(args, machine_rank="$SLURM_NODEID", host="<first node>",
                       port="<port>") -> str:
     """The tools/train_net.py command each task runs (for --dry-run and the logs)."""
     cmd = [sys.executable, os.path.join(TOOLS_DIR, "train_net.py"),
@@ -118,33 +133,31 @@ def train_net_command(args, job_id="%j", machine_rank="$SLURM_NODEID", host="<fi
            "--num-machines", str(args.nodes), "--machine-rank", machine_rank,
            "--dist-url", f"tcp://{host}:{port}", "--dist-timeout", str(args.dist_timeout)]
     cmd += ["--resume"] * args.resume + ["--eval-only"] * args.eval_only
-    cmd += task_opts(args, job_id)
+    cmd += task_opts(args)
     return " ".join(shlex.quote(c) if not c.startswith("$") else c for c in cmd)
 
 
-def task_opts(args, job_id: str):
-    opts = list(args.opts) + ["OUTPUT_DIR", os.path.join(args.job_dir, job_id)]
+def task_opts(args):
+    opts = list(args.opts) + ["OUTPUT_DIR", args.job_dir]
     if args.gpus_per_node == 0:
         opts += ["MODEL.DEVICE", "cpu"]
     return opts
 
 
-def _stop_workers() -> None:
-    """Ends this task's training processes (Detectron2's launch children)."""
-    children = multiprocessing.active_children()
-    for p in children:
-        p.terminate()
-    for p in children:
-        p.join(timeout=30)
+def _kill_workers() -> None:
+    """Ends this task's training processes (Detectron2's launch children) that did not save and
+    exit in time (SIGKILL: SIGTERM asks them to save)."""
+    for p in multiprocessing.active_children():
+        p.kill()
 
 
 def _die_with_parent() -> None:
-    """Linux: this process gets SIGTERM when the task that started it dies (a requeue kills the
-    task), so no worker outlives its task holding the port or the GPU."""
+    """Linux: this process is killed when the task that started it dies, so no worker outlives
+    its task holding the port or the GPU."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux
         pass
 
@@ -154,12 +167,18 @@ def _worker_main(args):
     sys.path.insert(0, TOOLS_DIR)
     import train_net
 
-    return train_net.main(args)
+    from d2seg.engine.preemption import Preempted
+
+    result = train_net.main(args)
+    if isinstance(result, Preempted):  # seen by the task when training ran in its process
+        _STOPPED.append(result.signum)
+    return result
 
 
 class SlurmTraining:
-    """The submitted callable: one task = one machine of Detectron2's ``launch``. submitit calls
-    :meth:`checkpoint` on the timeout / preemption signal (task 0) and requeues what it returns."""
+    """The submitted callable: one task = one machine of Detectron2's ``launch``. On the stop
+    signal the training processes save and exit first; then task 0 runs submitit's own handler
+    for it, which calls :meth:`checkpoint` and requeues what it returns."""
 
     def __init__(self, args, attempt: int = 0):
         self.args = args
@@ -175,42 +194,67 @@ class SlurmTraining:
         from detectron2.engine import launch
 
         env = submitit.JobEnvironment()
-        self._install_signal_handler(env)
+        requeue_handler = self._install_signal_handlers()
         local = env.cluster == "local"
         host = "127.0.0.1" if local else env.hostnames[0]
         args = argparse.Namespace(**vars(self.args))
+        # a job SLURM itself requeued (preemption, node failure) reruns the submitted command:
+        # it continues too (parse_args refused a fresh run in a folder holding a checkpoint)
+        args.resume = self.args.resume or os.environ.get("SLURM_RESTART_COUNT", "0") != "0"
+        port = dist_port(env.job_id, self.attempt)
+        command = train_net_command(args, str(env.global_rank), host, str(port))
         args.num_gpus = max(self.args.gpus_per_node, 1)
         args.num_machines, args.machine_rank = env.num_tasks, env.global_rank
-        args.dist_url = f"tcp://{host}:{dist_port(env.job_id, self.attempt)}"
-        args.opts = task_opts(self.args, env.job_id)
-        command = train_net_command(self.args, env.job_id, str(env.global_rank), host,
-                                    str(dist_port(env.job_id, self.attempt)))
+        args.dist_url = f"tcp://{host}:{port}"
+        args.opts = task_opts(self.args)
         print(f"d2seg launch_slurm: job {env.job_id} attempt {self.attempt}, task "
               f"{env.global_rank} of {env.num_tasks}, as: {command}", flush=True)
         # by reference (the workers are spawned: they import this file from sys.path)
         sys.path.insert(0, TOOLS_DIR)
-        from launch_slurm import _worker_main
+        import launch_slurm
 
-        launch(_worker_main, args.num_gpus, num_machines=args.num_machines,
-               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,),
-               timeout=datetime.timedelta(seconds=args.dist_timeout))
+        try:
+            launch(launch_slurm._worker_main, args.num_gpus, num_machines=args.num_machines,
+                   machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,),
+                   timeout=datetime.timedelta(seconds=args.dist_timeout))
+        except Exception:
+            if self._signum is None:
+                raise  # a failure, not a stop (else: workers killed after SAVE_TIMEOUT_S)
+        signum = self._signum or (launch_slurm._STOPPED or [None])[0]
+        if signum is None:
+            return None  # training finished
+        print(f"d2seg launch_slurm: task {env.global_rank} stopped by "
+              f"{signal.Signals(signum).name} after saving a checkpoint", flush=True)
+        if env.global_rank != 0:
+            return None  # task 0 requeues the whole job
+        if signum == _requeue_signal() and callable(requeue_handler):
+            requeue_handler(signum, None)  # submitit: checkpoint() -> requeue, exit
+        # SIGTERM: SLURM requeues a preempted job itself, or it was cancelled
+        raise RuntimeError(f"stopped by {signal.Signals(signum).name}; checkpoint in "
+                           f"{self.args.job_dir}: resubmit with --resume to continue")
 
-    def _install_signal_handler(self, env) -> None:
-        """Before submitit's handler (task 0: checkpoint + requeue; others: nothing), stop the
-        training workers; a task other than 0 then exits (the requeue restarts every task)."""
-        import submitit
-
-        sig = submitit.JobEnvironment._usr_sig()
-        submitit_handler = signal.getsignal(sig)
+    def _install_signal_handlers(self):
+        """Replaces submitit's handler of its requeue signal (which requeues at once, killing
+        the workers before they save) and SIGTERM's with one that passes the signal on to
+        the training processes; returns submitit's handler, run once they have saved."""
+        self._signum = None
+        sig = _requeue_signal()
+        requeue_handler = signal.getsignal(sig)
 
         def handler(signum, frame):
-            _stop_workers()
-            if callable(submitit_handler):
-                submitit_handler(signum, frame)
-            if env.global_rank != 0:
-                sys.exit(0)
+            first = self._signum is None
+            self._signum = self._signum or signum
+            workers = multiprocessing.active_children()
+            for p in workers:
+                os.kill(p.pid, signum)
+            if first and workers:
+                timer = threading.Timer(SAVE_TIMEOUT_S, _kill_workers)
+                timer.daemon = True
+                timer.start()
 
-        signal.signal(sig, handler)
+        for s in {sig, signal.SIGTERM}:
+            signal.signal(s, handler)
+        return requeue_handler
 
     def checkpoint(self):
         """The requeued job: the same command with ``--resume`` (continues from
@@ -222,21 +266,26 @@ class SlurmTraining:
         return submitit.helpers.DelayedSubmission(SlurmTraining(args, self.attempt + 1))
 
 
+def _requeue_signal() -> int:
+    """The signal submitit requeues on (USR2, or $SUBMITIT_PREEMPT_SIGNAL)."""
+    import submitit
+
+    return getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.dry_run:
-        print(sbatch_script(args))
-        print("# each task runs (SLURM_NODEID = its node's rank):")
-        print(train_net_command(args))
+        print(dry_run_text(args))
         return None
     import submitit
 
-    executor = submitit.AutoExecutor(folder=os.path.join(args.job_dir, "%j"),
+    executor = submitit.AutoExecutor(folder=slurm_folder(args),
                                      cluster="local" if args.local else None,
                                      slurm_max_num_timeout=args.max_requeues)
     executor.update_parameters(**executor_parameters(args))
     job = executor.submit(SlurmTraining(args))
-    print(f"Submitted job {job.job_id}: logs and checkpoints in "
+    print(f"Submitted job {job.job_id}: checkpoints in {args.job_dir}, its logs in "
           f"{os.path.join(args.job_dir, str(job.job_id))}", flush=True)
     if args.local:  # the local executor's job lives as long as this process: wait for it
         job.results()

@@ -9,8 +9,11 @@
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS W TEST.AUG.ENABLED True
 
 MODEL.WEIGHTS: a path, an http(s):// URL or a name (mmseg://, open-mmlab://; docs/checkpoints.md).
+SIGUSR2 or SIGTERM (SLURM's time-limit / preemption signals) stop training after the current
+iteration with a checkpoint of it: ``--resume`` continues there (d2seg/engine/preemption.py).
 """
 import datetime
+import logging
 import os
 
 from detectron2.engine import default_argument_parser, hooks, launch
@@ -19,9 +22,12 @@ from detectron2.utils import comm
 import d2seg  # noqa: F401  (registers d2seg's models and datasets)
 from d2seg.checkpoint import SegCheckpointer
 from d2seg.engine import Trainer, setup_cfg
+from d2seg.engine.preemption import PreemptionCheckpoint, Preempted
 
 
 def main(args):
+    # first: from here on a stop signal saves a checkpoint at the step reached (none yet: step 0)
+    stop = None if args.eval_only else PreemptionCheckpoint()
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -38,8 +44,12 @@ def main(args):
     # every evaluation already is (Trainer.test)
     if cfg.TEST.AUG.ENABLED and not cfg.TEST.AUG.ALWAYS:
         trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
+    trainer.register_hooks([stop])  # last: after the step's periodic checkpoint and evaluation
     try:
         return trainer.train()
+    except Preempted as e:  # the checkpoint is saved on disk: not a failure
+        logging.getLogger("d2seg").warning("%s", e)
+        return e
     except RuntimeError as e:
         lost = ("connection closed", "timed out", "timeout", "connection reset", "broken pipe")
         if comm.get_world_size() > 1 and any(k in str(e).lower() for k in lost):

@@ -17,11 +17,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.utils.visualizer import Visualizer
 
 import d2seg  # noqa: F401  (registers the datasets)
+from d2seg.data.datasets import dataset_metadata
 from d2seg.data.mappers import SemSegDatasetMapper
 from d2seg.engine import setup_cfg
 
@@ -41,7 +42,7 @@ def main(argv=None):
     name = args.dataset or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else "")
     if not name:
         p.error("no dataset: give --dataset NAME or set DATASETS.TRAIN")
-    meta = MetadataCatalog.get(name)
+    meta = dataset_metadata(name)
     dicts = DatasetCatalog.get(name)[: args.num]
     if args.source == "dataloader":
         mapper = SemSegDatasetMapper(cfg, is_train=True, dataset_names=[name])

@@ -3,7 +3,7 @@
 Recognised from their keys in ``.pth`` files (Detectron2/caffe ``.pkl`` files go through
 Detectron2's own name matching in SegCheckpointer); the ImageNet classifier is dropped:
 
-- open-mmlab ResNetV1c (``resnet50_v1c``, ``resnet101_v1c``; deep stem, ``STEM_TYPE: deep``):
+- open-mmlab ResNetV1c (``resnet50_v1c``, ``resnet101_v1c``; deep stem, ``STEM_TYPE: deeplab``):
   ``stem.{0,1,3,4,6,7}.*``, ``layer{1-4}.*``; drops ``fc.*``.
 - torchvision ResNet (also mmseg's ResNetV1b; 7x7 stem, stride in the 3x3: ``STEM_TYPE: basic``,
   ``STRIDE_IN_1X1: False``): ``conv1.weight``, ``bn1.*``, ``layer{1-4}.*``; drops ``fc.*``.

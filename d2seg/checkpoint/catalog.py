@@ -108,7 +108,7 @@ def imagenet_weights_for(cfg) -> Optional[str]:
         standard = (r.STEM_OUT_CHANNELS == 64 and r.NUM_GROUPS == 1 and r.WIDTH_PER_GROUP == 64
                     and r.RES2_OUT_CHANNELS == 64 * expansion)
         if standard and r.DEPTH in (18, 50, 101):
-            if r.STEM_TYPE == "deep":
+            if r.STEM_TYPE == "deeplab":
                 return f"open-mmlab://resnet{r.DEPTH}_v1c"
             if r.STEM_TYPE == "basic" and not r.STRIDE_IN_1X1:
                 return f"torchvision://resnet{r.DEPTH}"

@@ -3,7 +3,9 @@ formats d2seg users own.
 
 - ``save`` writes to a temporary file in the same folder, flushes it to disk and renames it into
   place, and ``last_checkpoint`` is replaced the same way: a run killed at any moment leaves either
-  the previous or the new checkpoint, never a truncated one.
+  the previous or the new checkpoint, never a truncated one (atomic_io.py: files get the umask's
+  mode, killed writers' temporary files are removed at the next save, non-local PathManager
+  paths are written through ``self.path_manager``).
 - ``_load_file`` recognises, from the keys: d2seg/Detectron2 checkpoints (``{"model": ...}``),
   MMSegmentation 0.x/1.x checkpoints (converted, see convert.py), ImageNet backbones
   (open-mmlab ResNetV1c, torchvision ResNet, HRNetV2, mmcls; see backbones.py: their keys get
@@ -11,20 +13,20 @@ formats d2seg users own.
   ``.pkl`` files (MSRA caffe ``R-50.pkl``/``R-101.pkl``, Detectron2 model zoo).
 - ``_load_model`` is strict (compat.py): a checkpoint of another method, backbone or class count
   raises :class:`CheckpointMismatchError` naming the keys, never a half-loaded model; it logs
-  how many tensors were loaded and which were skipped or kept as initialised.
+  how many tensors were loaded and which were skipped or kept as initialised. With
+  ``fine_tune`` (the Trainer's MODEL.WEIGHTS, not ``--resume``), a classifier of another class
+  count keeps the model's initialisation, with a warning (fine-tuning to another dataset).
 - A file that is not a checkpoint (truncated, another format) fails naming the file.
 - Paths may be names or URLs (``mmseg://``, ``open-mmlab://``, ``torchvision://``, ``https://``;
   handlers.py); a downloaded mmseg checkpoint is converted once (converted_cache.py), and its
   ``meta`` classes/palette are checked against ``dataset`` (metadata.py).
 """
 import os
-import tempfile
-
-import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
+from .atomic_io import atomic_torch_save, atomic_write_text
 from .backbones import CLASSIFIER_KEYS, convert_backbone_state_dict, detect_backbone_format
 from .compat import CheckpointMismatchError, check_state_dict, group_keys
 from .convert import is_mmseg_checkpoint, unwrap_state_dict  # noqa: F401  (re-exported)
@@ -34,41 +36,23 @@ from .metadata import warn_if_metadata_differs
 __all__ = ["SegCheckpointer", "atomic_torch_save", "is_mmseg_checkpoint"]
 
 
-def atomic_torch_save(obj, path: str) -> None:
-    """torch.save to ``path`` through a temporary file + rename (atomic on POSIX)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _atomic_write_text(text: str, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class SegCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer, strict by default: a checkpoint that does not fit the model
     (another method, backbone, depth or class count) raises :class:`CheckpointMismatchError`
     naming the keys instead of loading what fits; ``strict=False`` restores Detectron2's
-    warn-and-continue behaviour."""
+    warn-and-continue behaviour.
 
-    def __init__(self, model, save_dir="", *, strict: bool = True, dataset: str = "", **kwargs):
+    ``fine_tune=True``: weights of the same architecture with another class count load, and every
+    head's classifier (``conv_seg``) keeps its initialisation, with a warning naming it and both
+    class counts. Never when :meth:`resume_or_load` resumes this run's ``last_checkpoint``: a
+    class count that differs there means another run's OUTPUT_DIR."""
+
+    def __init__(self, model, save_dir="", *, strict: bool = True, dataset: str = "",
+                 fine_tune: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
+        self.fine_tune = fine_tune
+        self._resuming = False
         # registered dataset whose stuff_classes/stuff_colors an mmseg checkpoint's meta must match
         self.dataset = dataset
         self.last_report = None
@@ -85,11 +69,12 @@ class SegCheckpointer(DetectionCheckpointer):
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
         self.path_manager.mkdirs(self.save_dir)
-        atomic_torch_save(data, save_file)
+        atomic_torch_save(data, save_file, self.path_manager)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        _atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
+        atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"),
+                          self.path_manager)
 
     def _load_file(self, filename: str):
         """Reads ``filename`` and brings its keys to d2seg's names; what it found is noted under
@@ -150,11 +135,16 @@ class SegCheckpointer(DetectionCheckpointer):
         self._convert_ndarray_to_tensor(sd)
         if sd and all(k.startswith("module.") for k in sd):
             sd = checkpoint["model"] = {k[len("module."):]: v for k, v in sd.items()}
-        report = check_state_dict(model_state, sd, info.get("backbone_only"), skipped)
+        report = check_state_dict(model_state, sd, info.get("backbone_only"), skipped,
+                                  fine_tune=self.fine_tune and not self._resuming)
         self.last_report = report
         source = self._current_file or "checkpoint"
         if report.errors:
             msg = f"{source} does not fit the model:\n" + report.error_message()
+            if self._resuming:
+                msg += (f"\n(resuming the last checkpoint of OUTPUT_DIR {self.save_dir}: written "
+                        "by a run of another config? Use another OUTPUT_DIR, or MODEL.WEIGHTS "
+                        "without --resume to fine-tune from it)")
             if self.strict:
                 raise CheckpointMismatchError(msg)
             self.logger.warning(msg + "\n(strict=False: loading what fits)")
@@ -165,10 +155,15 @@ class SegCheckpointer(DetectionCheckpointer):
                     f"{len(keys)} auxiliary-head tensors {name} {source} (the auxiliary head only "
                     "trains: kept as initialised / ignored)"
                 )
+        if report.reinitialised:
+            for k, _, _ in report.reinitialised:
+                del sd[k]  # not loaded: the model's own init stays (Detectron2 would warn again)
+            self.logger.warning(report.reinitialised_message())
         incompatible = super()._load_model(checkpoint)
         # what the report already explains (heads of backbone-only weights, caffe BN statistics,
         # auxiliary heads, num_batches_tracked) is not repeated as Detectron2 warnings
-        expected = set(report.kept_init) | set(report.aux_missing)
+        expected = (set(report.kept_init) | set(report.aux_missing)
+                    | {k for k, _, _ in report.reinitialised})
         incompatible.missing_keys[:] = [
             k for k in incompatible.missing_keys
             if k not in expected and not k.endswith("num_batches_tracked")
@@ -183,9 +178,20 @@ class SegCheckpointer(DetectionCheckpointer):
             )
         return incompatible
 
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        # resuming continues this run (strict); only initialising from ``path`` may fine-tune
+        self._resuming = resume and self.has_checkpoint()
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._resuming = False
+
     def load(self, path: str, *args, **kwargs):
         self._current_file = path
         try:
             return super().load(path, *args, **kwargs)
         finally:
             self._current_file = None
+            # Detectron2 resets it only after a successful load: a failed one would make every
+            # later load of this checkpointer fail its assertion
+            self._parsed_url_during_load = None

@@ -9,6 +9,10 @@ tools/convert_mmseg_checkpoint.py, so that a model is never silently half-loaded
   BN running statistics may be absent when the checkpoint has none at all (caffe/MSRA weights
   fold them into the affine).
 - ``num_batches_tracked`` (absent from older PyTorch files) is never required.
+- **Fine-tuning** (``fine_tune=True``: MODEL.WEIGHTS initialising a training run): a classifier
+  (every head's ``conv_seg``) whose shapes differ from the model's only in the class count is not
+  an error: it is reported as re-initialised and keeps the model's own initialisation (as
+  Detectron2 and mmseg do when fine-tuning to another dataset). Any other difference still is.
 """
 import re
 from collections import defaultdict
@@ -19,6 +23,8 @@ __all__ = ["CheckpointMismatchError", "LoadReport", "check_state_dict", "group_k
 
 _AUX = "auxiliary_heads."
 _BN_STATS = ("running_mean", "running_var")
+# the 1x1 classifier of every decode head (decode, auxiliary, cascade): its out channels = classes
+_CLASSIFIER = re.compile(r"(^|\.)conv_seg\.(weight|bias)$")
 
 
 class CheckpointMismatchError(ValueError):
@@ -61,6 +67,8 @@ class LoadReport:
     aux_missing: List[str] = field(default_factory=list)  # warning only
     aux_unexpected: List[str] = field(default_factory=list)  # warning only
     skipped: List[str] = field(default_factory=list)  # source keys dropped on purpose (fc.*)
+    # (classifier key, checkpoint classes, model classes): kept as initialised when fine-tuning
+    reinitialised: List[Tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def errors(self) -> bool:
@@ -85,6 +93,13 @@ class LoadReport:
             parts.append("(a checkpoint of another method, backbone or depth than the config?)")
         return "\n".join(parts)
 
+    def reinitialised_message(self) -> str:
+        """One line per classifier: ``decode_head.conv_seg: checkpoint has 19 classes, model has
+        3: re-initialised (fine-tuning)``."""
+        modules = {k.rpartition(".")[0]: (ck, m) for k, ck, m in self.reinitialised}
+        return "\n".join(f"{name}: checkpoint has {ck} classes, model has {m}: re-initialised "
+                         "(fine-tuning)" for name, (ck, m) in modules.items())
+
     def summary(self, source: str = "checkpoint", fmt: str = "") -> str:
         what = f"{fmt} " if fmt else ""
         lines = [
@@ -98,10 +113,17 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def _class_count_change(key: str, shape_ckpt: tuple, shape_model: tuple) -> bool:
+    """A classifier tensor that differs from the model's in its number of classes only."""
+    return (bool(_CLASSIFIER.search(key)) and len(shape_ckpt) == len(shape_model)
+            and shape_ckpt[1:] == shape_model[1:])
+
+
 def check_state_dict(model_state: Dict, ckpt_state: Dict, backbone_only: Optional[bool] = None,
-                     skipped: Iterable[str] = ()) -> LoadReport:
+                     skipped: Iterable[str] = (), fine_tune: bool = False) -> LoadReport:
     """Compares checkpoint keys/shapes with the model's; ``backbone_only`` defaults to "every
-    checkpoint key is under ``backbone.``"."""
+    checkpoint key is under ``backbone.``". With ``fine_tune``, classifiers of another class
+    count go to ``reinitialised`` instead of ``mismatched``."""
     if backbone_only is None:
         backbone_only = bool(ckpt_state) and all(k.startswith("backbone.") for k in ckpt_state)
     r = LoadReport(backbone_only=backbone_only, skipped=list(skipped))
@@ -112,7 +134,11 @@ def check_state_dict(model_state: Dict, ckpt_state: Dict, backbone_only: Optiona
                 continue
             (r.aux_unexpected if k.startswith(_AUX) else r.unexpected).append(k)
         elif tuple(v.shape) != tuple(model_state[k].shape):
-            r.mismatched.append((k, tuple(v.shape), tuple(model_state[k].shape)))
+            shapes = (tuple(v.shape), tuple(model_state[k].shape))
+            if fine_tune and _class_count_change(k, *shapes):
+                r.reinitialised.append((k, shapes[0][0], shapes[1][0]))
+            else:
+                r.mismatched.append((k, *shapes))
         else:
             r.loaded.append(k)
     for k in model_state:

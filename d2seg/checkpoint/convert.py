@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from .atomic_io import atomic_torch_save
+from .compat import CheckpointMismatchError, check_state_dict
 from .mmseg import convert_mmseg_state_dict
 
 __all__ = [
@@ -159,9 +161,6 @@ def convert_mmseg_checkpoint(src, dst: Optional[str] = None, model=None, strict:
     """Converts an mmseg checkpoint; with ``model`` checks it fits (raising
     :class:`CheckpointMismatchError` naming the keys when ``strict``); writes ``dst``
     (atomically) when given. Returns ``(checkpoint, report)``; report is None without a model."""
-    from .checkpointer import atomic_torch_save
-    from .compat import CheckpointMismatchError, check_state_dict
-
     ckpt = load_mmseg_checkpoint(src)
     report = None
     if model is not None:

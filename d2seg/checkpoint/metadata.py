@@ -50,9 +50,9 @@ def warn_if_metadata_differs(meta: Dict, dataset_name: str, source: str = "the c
     """Logs a WARNING when :func:`metadata_disagreement` finds one; True if it did."""
     if not dataset_name or not meta:
         return False
-    from detectron2.data import MetadataCatalog
+    from ..data.datasets.detectron2_builtin import dataset_metadata
 
-    msg = metadata_disagreement(meta, MetadataCatalog.get(dataset_name), source)
+    msg = metadata_disagreement(meta, dataset_metadata(dataset_name), source)
     if msg:
         logger.warning(msg)
     return msg is not None

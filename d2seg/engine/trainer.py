@@ -22,7 +22,9 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint import SegCheckpointer
 from ..checkpoint.catalog import from_scratch_warning
 from ..config import add_d2seg_config
+from ..data.datasets.from_config import register_config_datasets
 from ..data.mappers import SemSegDatasetMapper
+from ..data.mappers.transforms import check_crop_size
 from ..data.resumable import build_resumable_train_loader, data_seed, set_start_iter
 from ..data.worker_threads import rank_thread_count
 from ..evaluation import build_evaluator
@@ -54,15 +56,7 @@ def check_config(cfg) -> None:
                 f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE={cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE} but dataset "
                 f"{name!r} has ignore_label={ignore}"
             )
-    crop = cfg.INPUT.CROP
-    if crop.ENABLED and (len(crop.SIZE) != 2 or min(crop.SIZE) <= 0):
-        raise ValueError(f"INPUT.CROP.SIZE={list(crop.SIZE)} must be two positive ints (h, w)")
-    # training pads every crop to CROP.SIZE, then the batch to SIZE_DIVISIBILITY: a crop that is
-    # not a multiple of it would be padded past the crop (ignored pixels the loss averages over)
-    div = cfg.INPUT.SIZE_DIVISIBILITY
-    if crop.ENABLED and div > 0 and any(s % div for s in crop.SIZE):
-        raise ValueError(f"INPUT.CROP.SIZE={list(crop.SIZE)} is not a multiple of "
-                         f"INPUT.SIZE_DIVISIBILITY={div}")
+    check_crop_size(cfg)
     if cfg.TEST.MODE == "slide" and any(s > c for s, c in zip(cfg.TEST.STRIDE, cfg.TEST.CROP_SIZE)):
         raise ValueError(f"TEST.STRIDE={list(cfg.TEST.STRIDE)} is larger than TEST.CROP_SIZE="
                          f"{list(cfg.TEST.CROP_SIZE)}: slide inference would skip pixels")
@@ -75,6 +69,7 @@ def setup_cfg(args, default_setup_fn=default_setup):
     if args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    register_config_datasets(cfg)  # DATASETS.FOLDER, before check_config reads their metadata
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but no GPU is visible: using the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
@@ -133,10 +128,12 @@ class Trainer(DefaultTrainer):
         # SOLVER.AMP: autocast in SOLVER.AMP.DTYPE on CPU or GPU (Detectron2's AMPTrainer is CUDA-only)
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        # dataset: an mmseg checkpoint's meta.CLASSES/PALETTE are checked against its metadata
+        # dataset: an mmseg checkpoint's meta.CLASSES/PALETTE are checked against its metadata;
+        # fine_tune: MODEL.WEIGHTS of another class count re-initialise the classifiers (a
+        # --resume from last_checkpoint stays strict: SegCheckpointer.resume_or_load)
         self.checkpointer = SegCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
-            dataset=(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST) + [""])[0],
+            dataset=(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST) + [""])[0], fine_tune=True,
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER

@@ -3,8 +3,8 @@
 Differences from Detectron2's own evaluator, all towards mmseg's numbers:
 - a class absent from the ground truth but predicted somewhere counts with IoU 0 (Detectron2 drops
   it); only classes absent from both are NaN and left out of the mean (mmseg's nanmean);
-- ground truth of ``reduce_zero_label`` datasets (ADE20K) is mapped 0 -> 255, k -> k-1 as mmseg
-  re-applies it at evaluation time;
+- ground truth is read by training's reader (``d2seg.data.image_io.read_label``: the same modes,
+  errors and ``reduce_zero_label``, 0 -> 255, k -> k-1, as mmseg re-applies it at evaluation);
 - a per-class IoU/Acc table goes to the log and to ``sem_seg_per_class.json``;
 - ``metrics`` (TEST.METRICS, mmseg's ``evaluation.metric``) adds mmseg's mDice and mFscore (with
   per-class Dice, Fscore, Precision, Recall), from the same confusion matrix;
@@ -18,44 +18,20 @@ from collections import OrderedDict
 import numpy as np
 from tabulate import tabulate
 
-from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator as D2SemSegEvaluator
-from PIL import Image
 from detectron2.utils.comm import all_gather, is_main_process, synchronize
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["SemSegEvaluator", "segmentation_metrics", "reduce_zero_label", "METRICS",
+from ..data.datasets.detectron2_builtin import dataset_metadata
+from ..data.image_io import read_label
+
+__all__ = ["SemSegEvaluator", "segmentation_metrics", "METRICS",
            "check_metrics"]
 
 # mmseg's `evaluation.metric` names
 METRICS = ("mIoU", "mDice", "mFscore")
 
 logger = logging.getLogger(__name__)
-
-
-def reduce_zero_label(label: np.ndarray, ignore_value: int = 255) -> np.ndarray:
-    """mmseg's reduce_zero_label: 0 (often 'other') -> ignore, k -> k-1."""
-    label = label.astype(np.int64)
-    out = label - 1
-    out[label == 0] = ignore_value
-    out[label == ignore_value] = ignore_value
-    return out
-
-
-_reduce_zero_label = reduce_zero_label  # (SemSegEvaluator has an argument of that name)
-
-
-def load_label(filename: str, dtype=np.int64) -> np.ndarray:
-    """A label PNG as an integer array (Detectron2's loader uses np.array(copy=False), which
-    numpy 2 rejects)."""
-    with PathManager.open(filename, "rb") as f:
-        img = Image.open(f)
-        if img.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(
-                f"label {filename} has mode {img.mode} ({len(img.getbands())} channels): "
-                "expected a single-channel image of class ids"
-            )
-        return np.asarray(img, dtype=dtype)
 
 
 def check_metrics(metrics) -> None:
@@ -124,15 +100,11 @@ class SemSegEvaluator(D2SemSegEvaluator):
         ``metrics``: mmseg's metric names (TEST.METRICS); mIoU's numbers are always reported."""
         check_metrics(metrics)  # an unknown name fails now, not at the end
         self._metrics = tuple(metrics)
-        meta = MetadataCatalog.get(dataset_name)
-        loading_fn = load_label
         if reduce_zero_label is None:
-            reduce_zero_label = meta.get("reduce_zero_label", False)
-        if reduce_zero_label:
-            ignore = meta.ignore_label
+            reduce_zero_label = dataset_metadata(dataset_name).get("reduce_zero_label", False)
 
-            def loading_fn(filename, dtype=int):  # noqa: F811
-                return _reduce_zero_label(load_label(filename), ignore)
+        def loading_fn(filename, dtype=np.int64):  # Detectron2's signature; the training reader
+            return read_label(filename, bool(reduce_zero_label)).astype(dtype)
 
         super().__init__(dataset_name, distributed, output_dir, sem_seg_loading_fn=loading_fn)
         self._write_predictions = write_predictions
@@ -142,7 +114,7 @@ class SemSegEvaluator(D2SemSegEvaluator):
         for inp, out in zip(inputs, outputs):
             pred = out["sem_seg"].argmax(dim=0).cpu().numpy().astype(np.int64)
             gt_file = self.input_file_to_gt_file[inp["file_name"]]
-            gt = self.sem_seg_loading_fn(gt_file, dtype=int)
+            gt = self.sem_seg_loading_fn(gt_file, dtype=np.int64)
             if gt.shape != pred.shape:
                 raise ValueError(
                     f"prediction for {inp['file_name']} has size {pred.shape} but its label "

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from detectron2.utils.logger import log_first_n
+
 from ..cpu_kernels import WINOGRAD_TILES, convert_to_cpu_kernels
 from .fuse import fuse_conv_bn
 from .layers.non_local import NonLocal2d
@@ -140,11 +142,17 @@ def _compile_forward(module) -> None:
 
 
 def autocast_context(amp_dtype: str, device: torch.device):
-    """``torch.autocast`` for ``amp_dtype`` ("" = a no-op context)."""
+    """``torch.autocast`` for ``amp_dtype`` ("" = a no-op context). float16 on a CPU runs in
+    float32: mmseg's fp16 configs mean the GPU, and CPU float16 kernels are slow or missing."""
     dtype = parse_dtype(amp_dtype)
+    device_type = torch.device(device).type
+    if dtype == torch.float16 and device_type == "cpu":
+        log_first_n(logging.INFO, "SOLVER.AMP.DTYPE float16 on the CPU: inference runs in "
+                    "float32 (bfloat16 autocasts on the CPU)", n=1)
+        dtype = None
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 def optimize_for_inference(model: nn.Module, options: SpeedOptions = None) -> nn.Module:

@@ -58,8 +58,8 @@ def test_variant_matches_mmseg(stem):
 
 def test_multi_grid_needs_a_dilation_per_block():
     cfg = get_d2seg_cfg(REPO_CONFIGS / "_base_/models/fcn_r50-d8.yaml",
-                        ["MODEL.RESNETS.MULTI_GRID", [1, 2]])
-    with pytest.raises(ValueError, match=r"MULTI_GRID=\[1, 2\].*3 for depth 50"):
+                        ["MODEL.RESNETS.RES5_DILATION_PER_BLOCK", [1, 2]])
+    with pytest.raises(ValueError, match=r"RES5_DILATION_PER_BLOCK=\[1, 2\].*3 for depth 50"):
         build_model(cfg)
 
 

@@ -7,12 +7,11 @@ mmseg's ``LoadAnnotations(reduce_zero_label=True)``, and the evaluator does the 
 truth: no converted copy of the dataset is needed. Class names and colours are mmseg's.
 
 Detectron2's own ``ade20k_sem_seg_{train,val}`` read ``annotations_detectron2/`` (already shifted
-by Detectron2's ``prepare_ade20k_sem_seg.py``); d2seg adds ``stuff_colors`` and
-``reduce_zero_label=False`` to their metadata, so both work with the same configs.
+by Detectron2's ``prepare_ade20k_sem_seg.py``); d2seg leaves their registration as it is and
+reads them with mmseg's colours and ``reduce_zero_label=False`` (detectron2_builtin.py), so both
+work with the same configs.
 """
 import os
-
-from detectron2.data import MetadataCatalog
 
 from ._common import datasets_root, require_paths
 from .folder import register_sem_seg_folder
@@ -73,8 +72,8 @@ ADE20K_COLORS = [
 
 
 def register_ade20k(root: str) -> None:
-    """Registers ``ade20k_sem_seg_raw_{train,val}`` under ``root/ADEChallengeData2016`` and
-    completes the metadata of Detectron2's ``ade20k_sem_seg_{train,val}``."""
+    """Registers ``ade20k_sem_seg_raw_{train,val}`` under ``root/ADEChallengeData2016``
+    (Detectron2's ``ade20k_sem_seg_{train,val}`` are left as they are)."""
     base = os.path.join(root, "ADEChallengeData2016")
     for split, folder in (("train", "training"), ("val", "validation")):
         name = f"ade20k_sem_seg_raw_{split}"
@@ -91,11 +90,6 @@ def register_ade20k(root: str) -> None:
             reduce_zero_label=True,
             prepare=require_paths(name, [image_root, gt_root], HINT.format(root=root)),
         )
-        meta = MetadataCatalog.get(f"ade20k_sem_seg_{split}")  # Detectron2's (converted labels)
-        if meta.get("stuff_colors", None) is None:
-            meta.stuff_colors = ADE20K_COLORS
-        if meta.get("reduce_zero_label", None) is None:
-            meta.reduce_zero_label = False
 
 
 register_ade20k(datasets_root())

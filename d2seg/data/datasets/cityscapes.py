@@ -3,9 +3,10 @@
 Detectron2 registers these names (``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` paired with
 ``gtFine/<split>/<city>/*_gtFine_labelTrainIds.png``; image size from ``*_gtFine_polygons.json``)
 with ``stuff_classes``, ``ignore_label`` 255 and ``evaluator_type`` "cityscapes_sem_seg" - the
-same files and classes as mmseg's CityscapesDataset. d2seg keeps that registration and only adds
-what is missing: ``stuff_colors`` (mmseg's palette), ``reduce_zero_label`` False, and errors that
-name the missing folder or label files and the command that makes them.
+same files and classes as mmseg's CityscapesDataset. d2seg leaves that registration as it is
+(mmseg's palette comes from detectron2_builtin.py's table, not from its metadata); only where
+Detectron2 did not register them (e.g. removed) does d2seg register them, with errors that name the
+missing folder or label files and the command that makes them.
 """
 import logging
 import os
@@ -71,26 +72,19 @@ def _checked_loader(name, load, image_dir, gt_dir):
 
 
 def register_cityscapes_sem_seg(root: str) -> None:
-    """Completes (or, where Detectron2 did not register them, registers) the Cityscapes fine
-    semantic-segmentation splits under ``root/cityscapes``."""
+    """Registers the Cityscapes fine semantic-segmentation splits under ``root/cityscapes`` as
+    Detectron2 does, where Detectron2 has not registered them (its own are left untouched)."""
     for split in ("train", "val", "test"):
         name = f"cityscapes_fine_sem_seg_{split}"
-        meta = MetadataCatalog.get(name)
         if name in DatasetCatalog.list():
-            load = DatasetCatalog[name]
-            image_dir, gt_dir = meta.image_dir, meta.gt_dir
-            DatasetCatalog.remove(name)  # re-registered below with checks around the same loader
-        else:
-            image_dir = os.path.join(root, "cityscapes", "leftImg8bit", split)
-            gt_dir = os.path.join(root, "cityscapes", "gtFine", split)
-            load = lambda x=image_dir, y=gt_dir: load_cityscapes_semantic(x, y)  # noqa: E731
-            meta.set(image_dir=image_dir, gt_dir=gt_dir, evaluator_type="cityscapes_sem_seg",
-                     ignore_label=255, **_get_builtin_metadata("cityscapes"))
+            continue
+        image_dir = os.path.join(root, "cityscapes", "leftImg8bit", split)
+        gt_dir = os.path.join(root, "cityscapes", "gtFine", split)
+        load = lambda x=image_dir, y=gt_dir: load_cityscapes_semantic(x, y)  # noqa: E731
         DatasetCatalog.register(name, _checked_loader(name, load, image_dir, gt_dir))
-        if meta.get("stuff_colors", None) is None:
-            meta.stuff_colors = CITYSCAPES_COLORS
-        if meta.get("reduce_zero_label", None) is None:
-            meta.reduce_zero_label = False
+        MetadataCatalog.get(name).set(
+            image_dir=image_dir, gt_dir=gt_dir, evaluator_type="cityscapes_sem_seg",
+            ignore_label=255, **_get_builtin_metadata("cityscapes"))
 
 
 register_cityscapes_sem_seg(datasets_root())

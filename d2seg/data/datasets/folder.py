@@ -121,6 +121,7 @@ def register_sem_seg_folder(
     evaluator_type: str = "sem_seg",
     split_file: Optional[str] = None,
     prepare: Optional[Callable[[], None]] = None,
+    origin: Optional[str] = None,
 ) -> None:
     """Registers ``name`` in DatasetCatalog (lazily: folders are listed when the dataset is
     first requested) and MetadataCatalog (``stuff_classes``, ``stuff_colors``, ``ignore_label``,
@@ -130,7 +131,8 @@ def register_sem_seg_folder(
     0 = ignore and k = class k-1 (ADE20K); ``classes`` lists the classes *after* that shift.
     ``split_file`` (one stem per line) selects a subset, e.g. Pascal VOC's ImageSets/*.txt.
     ``prepare``, if given, runs before the folders are listed (e.g. to generate or download
-    the data on first use).
+    the data on first use). ``origin`` (e.g. the config key that declared it) is named in the
+    errors of listing the folders.
     """
     classes = list(classes)
     colors = [list(c) for c in colors] if colors is not None else default_colors(len(classes))
@@ -140,7 +142,12 @@ def register_sem_seg_folder(
     def load():
         if prepare is not None:
             prepare()
-        dicts = load_sem_seg_folder(image_root, gt_root, image_suffix, label_suffix, split_file)
+        try:
+            dicts = load_sem_seg_folder(image_root, gt_root, image_suffix, label_suffix, split_file)
+        except (FileNotFoundError, ValueError) as e:
+            if origin is None:
+                raise
+            raise type(e)(f"dataset {name!r} ({origin}): {e}") from e
         for d in dicts:  # per sample, so that datasets mixed in one loader each keep their own
             d["reduce_zero_label"] = reduce_zero_label
         return dicts

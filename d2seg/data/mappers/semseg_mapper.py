@@ -5,71 +5,18 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.utils.file_io import PathManager
 
-from ..image_io import read_image
+from ..datasets.detectron2_builtin import dataset_metadata
+from ..image_io import BadSampleError, read_image, read_label
 from .transforms import build_test_augmentations, build_train_augmentations
 
 __all__ = ["SemSegDatasetMapper", "BadSampleError", "read_label", "check_label_values",
            "dataset_reduce_zero_label", "image_to_tensor"]
 
 logger = logging.getLogger(__name__)
-
-
-class BadSampleError(ValueError):
-    """An image or label file that cannot be used (unreadable, wrong size, bad values)."""
-
-
-def read_label(file_name: str, reduce_zero_label: bool = False) -> np.ndarray:
-    """Reads a label map as H x W uint8 class ids.
-
-    Accepts single-channel PNGs: "L" (grey values = ids), "P" (palette *indices* = ids, as in
-    Pascal VOC; mmseg reads them the same way), 16-bit grey with values <= 255. Colour images are
-    rejected: an RGB label is usually a colour visualisation, not ids. ``reduce_zero_label``
-    maps 0 -> 255 and k -> k - 1 (255 stays 255), as mmseg's LoadAnnotations.
-    """
-    try:
-        with PathManager.open(file_name, "rb") as f:
-            img = Image.open(f)
-            img.load()
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
-        raise BadSampleError(f"cannot read label {file_name}: {type(e).__name__}: {e}") from e
-    if img.mode in ("L", "P"):
-        label = np.asarray(img, dtype=np.uint8)
-    elif img.mode == "1":
-        label = np.asarray(img, dtype=np.uint8)
-    elif img.mode.startswith("I"):  # 16/32-bit grey
-        label = np.asarray(img)
-        if label.size and (label.min() < 0 or label.max() > 255):
-            raise BadSampleError(
-                f"label {file_name} ({img.mode}) has values outside 0..255 "
-                f"(min {label.min()}, max {label.max()}); class ids must fit in uint8"
-            )
-        label = label.astype(np.uint8)
-    else:
-        hint = ""
-        if img.mode in ("RGB", "RGBA"):
-            arr = np.asarray(img)
-            if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
-                hint = " Its channels are equal: save it as a single-channel ('L') PNG."
-            else:
-                hint = (" It looks like a colour visualisation; convert colours to class ids"
-                        " (one uint8 id per pixel).")
-        raise BadSampleError(
-            f"label {file_name} is a {len(img.getbands())}-channel {img.mode!r} image; expected a "
-            f"single-channel label map of class ids ('L' or 'P' PNG).{hint}"
-        )
-    if reduce_zero_label:
-        label = label.copy()
-        label[label == 0] = 255
-        label = label - 1  # 255 -> 254 here, back to 255 below (mmseg's order of operations)
-        label[label == 254] = 255
-    return label
 
 
 def check_label_values(label: np.ndarray, num_classes: int, ignore_value: int, file_name: str,
@@ -97,7 +44,7 @@ def dataset_reduce_zero_label(cfg, dataset_names: Sequence[str]) -> bool:
     mixed in one loader they still work when their dicts carry ``reduce_zero_label`` (as those
     of register_sem_seg_folder do)."""
     default = bool(cfg.INPUT.REDUCE_ZERO_LABEL)
-    values = {n: MetadataCatalog.get(n).get("reduce_zero_label", None) for n in dataset_names}
+    values = {n: dataset_metadata(n).get("reduce_zero_label", None) for n in dataset_names}
     values = {n: bool(v) for n, v in values.items() if v is not None}
     if len(set(values.values())) > 1:
         raise ValueError(f"datasets disagree on reduce_zero_label: {values}")

@@ -25,6 +25,7 @@ __all__ = [
     "ResizeToMultiple",
     "build_train_augmentations",
     "build_test_augmentations",
+    "check_crop_size",
 ]
 
 
@@ -274,12 +275,34 @@ class PhotoMetricDistortion(T.Augmentation):
         )
 
 
+def check_crop_size(cfg) -> None:
+    """INPUT.CROP.SIZE (with the crop enabled) must be two positive ints (h, w), a multiple of
+    INPUT.SIZE_DIVISIBILITY. (A crop larger than the resized image is fine: as mmseg, the image
+    is cropped to its own size and the model pads it to CROP.SIZE.)"""
+    crop = cfg.INPUT.CROP
+    if not crop.ENABLED:
+        return
+    size = list(crop.SIZE)
+    # otherwise: an IndexError (one value), a third value ignored, 0-pixel or mirrored crops
+    # (0 / negative), a TypeError deep in the crop or the model's padding (96.0)
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                 for v in size):
+        raise ValueError(f"INPUT.CROP.SIZE={size} must be two positive ints (h, w)")
+    # training pads every crop to CROP.SIZE, then the batch to SIZE_DIVISIBILITY: a crop that is
+    # not a multiple of it would be padded past the crop (ignored pixels the loss averages over)
+    div = cfg.INPUT.SIZE_DIVISIBILITY
+    if div > 0 and any(v % div for v in size):
+        raise ValueError(f"INPUT.CROP.SIZE={size} is not a multiple of "
+                         f"INPUT.SIZE_DIVISIBILITY={div}")
+
+
 def build_train_augmentations(cfg):
     """mmseg's train pipeline: Resize(IMG_SCALE, RATIO_RANGE) -> RandomCrop(CROP.SIZE,
     cat_max_ratio) -> RandomFlip(0.5) -> RandomRotate(ROTATE.*) -> PhotoMetricDistortion
     (the crop and the rotation where the config enables them)."""
     inp = cfg.INPUT
     augs = [ResizeRatioRange(inp.IMG_SCALE, inp.RATIO_RANGE)]
+    check_crop_size(cfg)
     if inp.CROP.ENABLED:
         if inp.CROP.TYPE != "absolute":  # the model pads batches to CROP.SIZE (h, w) as well
             raise ValueError(f"INPUT.CROP.TYPE={inp.CROP.TYPE!r}: d2seg crops are 'absolute'")

@@ -1,14 +1,14 @@
 """Dilated ResNet on Detectron2's blocks, in both of mmseg's styles.
 
 - pytorch style, mmseg's ResNetV1c: deep stem (3 x conv3x3 32-32-64), stride on the 3x3 conv
-  (``STEM_TYPE="deep"``, ``STRIDE_IN_1X1=False``);
+  (``STEM_TYPE="deeplab"``, ``STRIDE_IN_1X1=False``);
 - caffe style, Detectron2's MSRA layout: 7x7 stem, stride on the first 1x1 conv
   (``STEM_TYPE="basic"``, ``STRIDE_IN_1X1=True``), whose module names match
   ``detectron2://ImageNetPretrained/MSRA/R-50.pkl`` so DetectionCheckpointer loads it as is.
 
 Output stride 8/16/32 comes from per-stage strides and dilations (``STAGE_STRIDES``,
 ``STAGE_DILATIONS``); like mmseg's ``contract_dilation`` the first block of a dilated stage uses
-half the dilation; mmseg's ``multi_grid`` (``MULTI_GRID``) sets res5's per-block dilations.
+half the dilation; mmseg's ``multi_grid`` (``RES5_DILATION_PER_BLOCK``) sets res5's per-block dilations.
 """
 from torch import nn
 import torch.nn.functional as F
@@ -115,18 +115,19 @@ def build_dilated_resnet_backbone(cfg, input_shape: ShapeSpec):
             "MODEL.RESNETS.STAGE_STRIDES and STAGE_DILATIONS need 4 values (res2..res5), got "
             f"{list(r.STAGE_STRIDES)} and {list(r.STAGE_DILATIONS)}"
         )
-    stems = {"deep": DeepStem, "basic": BasicStem}
+    stems = {"deeplab": DeepStem, "basic": BasicStem}
     if r.STEM_TYPE not in stems:
-        raise ValueError(f"MODEL.RESNETS.STEM_TYPE={r.STEM_TYPE!r} is not one of {sorted(stems)}")
+        hint = " (d2seg's 'deep' is now spelled 'deeplab', as Detectron2's DeepLab)" if r.STEM_TYPE == "deep" else ""
+        raise ValueError(f"MODEL.RESNETS.STEM_TYPE={r.STEM_TYPE!r} is not one of {sorted(stems)}{hint}")
     stem = stems[r.STEM_TYPE](input_shape.channels, r.STEM_OUT_CHANNELS, norm=r.NORM)
 
     num_blocks, bottleneck = RESNET_BLOCKS[r.DEPTH]
     in_channels = r.STEM_OUT_CHANNELS
     out_channels = r.RES2_OUT_CHANNELS
     bottleneck_channels = r.NUM_GROUPS * r.WIDTH_PER_GROUP
-    multi_grid = list(r.MULTI_GRID)
+    multi_grid = list(r.RES5_DILATION_PER_BLOCK)
     if multi_grid and len(multi_grid) < num_blocks[-1]:
-        raise ValueError(f"MODEL.RESNETS.MULTI_GRID={multi_grid} needs one dilation per res5 block "
+        raise ValueError(f"MODEL.RESNETS.RES5_DILATION_PER_BLOCK={multi_grid} needs one dilation per res5 block "
                          f"({num_blocks[-1]} for depth {r.DEPTH})")
     stages = []
     for i, (n, stride, dilation) in enumerate(zip(num_blocks, r.STAGE_STRIDES, r.STAGE_DILATIONS)):

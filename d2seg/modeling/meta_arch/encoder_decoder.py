@@ -8,6 +8,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, build_backbone
 
+from ...config import check_detectron2_keys
 from ..heads.base import resize
 from ..speed import SpeedOptions, autocast_context
 
@@ -108,6 +109,7 @@ class EncoderDecoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        check_detectron2_keys(cfg)
         backbone = build_backbone(cfg)
         shape = backbone.output_shape()
         aux = []
