@@ -26,7 +26,19 @@ from detectron2.config import get_cfg
 from .data.datasets.from_config import add_folder_dataset_config
 
 __all__ = ["add_d2seg_config", "add_head_node_keys", "check_detectron2_keys",
-           "UNHONOURED_DETECTRON2_KEYS"]
+           "register_config_keys", "UNHONOURED_DETECTRON2_KEYS"]
+
+# functions (keys: CN) -> None that add a model family's keys, declared next to its code
+_FAMILY_KEYS = []
+
+
+def register_config_keys(add_keys):
+    """Decorator for a model family's ``add_keys(keys)``, which adds its keys and defaults to the
+    tree ``keys`` (e.g. ``keys.MODEL.MIT = CN()``), so that a family's code and its config keys sit
+    in one module. :func:`add_d2seg_config` copies them into a config without overwriting."""
+    _FAMILY_KEYS.append(add_keys)
+    _d2seg_keys.cache_clear()
+    return add_keys
 
 
 def add_head_node_keys(node: CN, **overrides) -> CN:
@@ -249,6 +261,8 @@ def _d2seg_keys() -> CN:
     # out_project into the fusion bottleneck; same maths, rounding; training too)
     _C.MODEL.SPEED.FOLD_PROJECTIONS = False
     _C.MODEL.SPEED.COMPILE = False  # torch.compile the backbone and heads (first call compiles)
+    for add_keys in _FAMILY_KEYS:
+        add_keys(_C)
     return _C
 
 

@@ -264,3 +264,28 @@ def test_optimizer_name_as_mask2former_spells_it(spelling):
     assert type(opt).__name__ == "AdamW"
     with pytest.raises(ValueError, match=r"SOLVER.OPTIMIZER='ADAM'"):
         build_optimizer(tiny_cfg(opts=["SOLVER.OPTIMIZER", "ADAM"]), torch.nn.Conv2d(3, 4, 1))
+
+
+def test_a_family_declares_its_keys_next_to_its_code():
+    from detectron2.config import CfgNode as CN
+
+    from d2seg.config import _FAMILY_KEYS, _d2seg_keys, register_config_keys
+
+    @register_config_keys
+    def add_keys(keys):  # as a family module does at import
+        keys.MODEL.TEST_FAMILY = CN()
+        keys.MODEL.TEST_FAMILY.DEPTH = 3
+        keys.MODEL.SEM_SEG_HEAD.TEST_FAMILY_KEY = 1.5  # a key in a Detectron2 node
+        keys.MODEL.SEM_SEG_HEAD.NAME = "FamilyHead"  # Detectron2 has it: not changed
+
+    try:
+        cfg = get_cfg()
+        d2seg.add_d2seg_config(cfg)
+        assert cfg.MODEL.TEST_FAMILY.DEPTH == 3 and cfg.MODEL.SEM_SEG_HEAD.TEST_FAMILY_KEY == 1.5
+        assert cfg.MODEL.SEM_SEG_HEAD.NAME == get_cfg().MODEL.SEM_SEG_HEAD.NAME
+    finally:
+        _FAMILY_KEYS.remove(add_keys)
+        _d2seg_keys.cache_clear()
+    cfg = get_cfg()
+    d2seg.add_d2seg_config(cfg)
+    assert "TEST_FAMILY" not in cfg.MODEL
