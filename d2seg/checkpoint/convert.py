@@ -111,10 +111,12 @@ def is_mmseg_checkpoint(data) -> bool:
 
 def mmseg_layout(sd: Dict[str, Any]) -> Dict[str, bool]:
     """Which of convert_mmseg_state_dict's rules apply: ``is_cascade`` (OCRNet's
-    ``decode_head.{0,1}``) and ``is_resnet`` (mmseg ResNet names; HRNet keeps its names)."""
+    ``decode_head.{0,1}``) and ``is_resnet`` (mmseg ResNet names; HRNet and MiT keep their
+    names)."""
     is_hrnet = any(k.startswith(("backbone.transition1.", "backbone.stage2.")) for k in sd)
+    # ResNet blocks are backbone.layerN.<block>.*; MobileNetV3's backbone.layerN.<module> are not
     is_resnet = not is_hrnet and any(
-        k.startswith(("backbone.layer1.", "backbone.stem.", "backbone.conv1.")) for k in sd
+        re.match(r"backbone\.(layer1\.\d+\.|stem\.|conv1\.)", k) for k in sd
     )
     is_cascade = any(k.startswith("decode_head.0.") for k in sd) and any(
         k.startswith("decode_head.1.") for k in sd

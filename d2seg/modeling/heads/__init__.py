@@ -12,3 +12,4 @@ from .nl import NLHead  # noqa: F401
 from .da import DAHead  # noqa: F401
 from .ann import ANNHead  # noqa: F401
 from .ocr import OCRHead  # noqa: F401
+from .segformer import SegformerHead  # noqa: F401
