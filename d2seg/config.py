@@ -48,12 +48,16 @@ def add_head_node_keys(node: CN, **overrides) -> CN:
     node.INPUT_TRANSFORM = ""  # "" (single input), "resize_concat" or "multiple_select"
     node.CONVS_DIM = 512  # mmseg's `channels`: width of the head's convs
     node.NORM = "SyncBN"  # norm of the head's convs, see detectron2.layers.get_norm
+    node.NORM_EPS = 0.0  # eps of those norms (mmseg's norm_cfg eps); 0 = the layer's default
+    node.NORM_MOMENTUM = 0.0  # their running-stat momentum (norm_cfg momentum); 0 = default
     node.DROPOUT = 0.1  # Dropout2d before the classifier; <= 0 disables it (mmseg dropout_ratio)
     node.ALIGN_CORNERS = False  # align_corners of every bilinear resize of this head
     node.LOSS_WEIGHT = 1.0  # weight of this head's loss
     node.CLASS_WEIGHT = []  # per-class cross-entropy weights; [] = uniform
     # mmseg's default (False) divides the loss by all pixels, ignored ones included
     node.LOSS_AVG_NON_IGNORE = False
+    # mmseg's CrossEntropyLoss(use_sigmoid=True): per-class sigmoid BCE on one-hot labels
+    node.LOSS_USE_SIGMOID = False
     node.NUM_CONVS = 2  # FCN-style heads: number of convs before the classifier
     node.KERNEL_SIZE = 3  # FCN-style heads: kernel size of those convs
     node.DILATION = 1  # FCN-style heads: dilation of those convs

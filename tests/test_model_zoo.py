@@ -32,8 +32,14 @@ ALL_YAMLS = sorted(
 # as their first line says (configs/camvid/ etc. are d2seg's own)
 MMSEG_STEMS = [y[: -len(".yaml")] for y in ALL_YAMLS
                if (REPO_CONFIGS / y).read_text().startswith("# MMSegmentation 0.30: configs/")]
-NORM_NODES = ("RESNETS", "HRNET", "SEM_SEG_HEAD", "AUX_HEAD", "CASCADE_HEAD")
+NORM_NODES = ("RESNETS", "HRNET", "SEM_SEG_HEAD", "AUX_HEAD", "CASCADE_HEAD", "AUX_HEAD_2",
+              "FAST_SCNN", "MOBILENET_V3")
 IMAGE = 48  # every backbone feature >= 2x2 (HRNet hr4, UPerNet res5), OS8 maps 6x6
+IMAGE_FOR_HEAD = {"LRASPPHead": 392}  # its 49x49 pooling at stride 8
+
+
+def image_size(cfg) -> int:
+    return IMAGE_FOR_HEAD.get(cfg.MODEL.SEM_SEG_HEAD.NAME, IMAGE)
 # registered dataset (name less its split) -> (classes, reduce_zero_label): mmseg's dataset classes
 DATASETS = {
     "cityscapes_fine_sem_seg": (19, False), "ade20k_sem_seg_raw": (150, True),
@@ -56,7 +62,7 @@ def load(rel, small=False):
         for node in NORM_NODES:
             cfg.MODEL[node].NORM = "BN"
         # training batches are padded to the crop size: the crop must be the small image
-        cfg.INPUT.CROP.SIZE = [IMAGE, IMAGE]
+        cfg.INPUT.CROP.SIZE = [image_size(cfg)] * 2
     return cfg
 
 
@@ -190,7 +196,8 @@ def test_one_training_step(members, record_property):
     record_property("configs", " ".join(members))
     model.train()
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    losses = model(random_batch(2, IMAGE, IMAGE, num_classes=num_classes))
+    size = image_size(cfg)
+    losses = model(random_batch(2, size, size, num_classes=num_classes))
     assert losses and all(torch.isfinite(v) for v in losses.values()), (members[0], losses)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.SOLVER.BASE_LR,
                           momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)

@@ -15,6 +15,7 @@ def cross_entropy(
     class_weight: Optional[torch.Tensor] = None,
     avg_non_ignore: bool = False,
     weight: Optional[torch.Tensor] = None,
+    use_sigmoid: bool = False,
 ) -> torch.Tensor:
     """Pixel-wise cross-entropy as mmseg's ``CrossEntropyLoss``.
 
@@ -24,6 +25,9 @@ def cross_entropy(
     ``weight`` (N x H x W, e.g. :func:`ohem_pixel_weight`) multiplies each pixel's loss before
     the same reduction, as mmseg's ``weight_reduce_loss``.
     """
+    if use_sigmoid:
+        return _binary_cross_entropy(logits, target, ignore_value, class_weight,
+                                     avg_non_ignore, weight)
     loss = F.cross_entropy(
         logits, target, weight=class_weight, reduction="none", ignore_index=ignore_value
     )
@@ -33,6 +37,24 @@ def cross_entropy(
         return loss.mean()
     num_valid = (target != ignore_value).sum()
     return loss.sum() / (num_valid + torch.finfo(torch.float32).eps)
+
+
+def _binary_cross_entropy(logits, target, ignore_value, class_weight, avg_non_ignore, weight):
+    """``use_sigmoid=True`` (mmseg's ``binary_cross_entropy``, Fast-SCNN): a sigmoid BCE per
+    class against the one-hot label, ignored pixels weighted 0, averaged over all N x C x H x W
+    values (``avg_non_ignore``: over the non-ignored ones). No class weights: mmseg 0.30 passes
+    them as ``pos_weight``, which broadcasts along the width."""
+    if class_weight is not None:
+        raise ValueError("cross_entropy with use_sigmoid=True takes no class_weight")
+    num_classes = logits.shape[1]
+    valid = (target != ignore_value) & (target >= 0)
+    onehot = F.one_hot(target.masked_fill(~valid, 0), num_classes).permute(0, 3, 1, 2)
+    pixel_weight = valid.to(logits.dtype) if weight is None else weight * valid
+    loss = F.binary_cross_entropy_with_logits(logits, onehot.to(logits.dtype), reduction="none")
+    loss = loss * pixel_weight.unsqueeze(1)
+    if not avg_non_ignore:
+        return loss.mean()
+    return loss.sum() / (valid.sum() * num_classes + torch.finfo(torch.float32).eps)
 
 
 @torch.no_grad()

@@ -1,3 +1,5 @@
 from .resnet import build_dilated_resnet_backbone  # noqa: F401
 from .hrnet import build_hrnet_backbone  # noqa: F401
 from .mit import build_mit_backbone  # noqa: F401
+from .fast_scnn import build_fast_scnn_backbone  # noqa: F401
+from .mobilenet_v3 import build_mobilenet_v3_backbone  # noqa: F401

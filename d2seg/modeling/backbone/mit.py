@@ -190,8 +190,9 @@ class MixVisionTransformer(Backbone):
         unknown = [f for f in out_features if f not in names]
         if unknown:
             raise ValueError(f"MiT OUT_FEATURES {unknown} are not among {names}")
-        # stochastic depth grows linearly over all encoder layers, as mmseg's
-        dpr = torch.linspace(0, drop_path_rate, sum(num_layers)).tolist()
+        # stochastic depth grows linearly over all encoder layers, as mmseg's (on the CPU: the
+        # values are read back, also when the model is built on the meta device)
+        dpr = torch.linspace(0, drop_path_rate, sum(num_layers), device="cpu").tolist()
         self.layers = nn.ModuleList()
         self._out_feature_channels, self._out_feature_strides = {}, {}
         cur, stride = 0, 1

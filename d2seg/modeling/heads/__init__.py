@@ -13,3 +13,5 @@ from .da import DAHead  # noqa: F401
 from .ann import ANNHead  # noqa: F401
 from .ocr import OCRHead  # noqa: F401
 from .segformer import SegformerHead  # noqa: F401
+from .sep_fcn import DepthwiseSeparableFCNHead  # noqa: F401
+from .lraspp import LRASPPHead  # noqa: F401

@@ -12,6 +12,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.utils.events import get_event_storage
 
 from ...export.tracing import is_exporting
+from ..layers.norm import norm_with
 from ..losses import cross_entropy, ohem_pixel_weight, pixel_accuracy
 
 __all__ = ["BaseDecodeHead", "head_config_node", "resize"]
@@ -52,12 +53,15 @@ class BaseDecodeHead(nn.Module):
         channels: int,
         input_transform: str = "",
         norm: str = "SyncBN",
+        norm_eps: float = 0.0,
+        norm_momentum: float = 0.0,
         dropout_ratio: float = 0.1,
         align_corners: bool = False,
         ignore_value: int = 255,
         loss_weight: float = 1.0,
         class_weight: Optional[List[float]] = None,
         avg_non_ignore: bool = False,
+        use_sigmoid: bool = False,
         ohem_min_kept: int = 0,
         ohem_thresh: Optional[float] = None,
         loss_name: str = "loss_sem_seg",
@@ -95,11 +99,16 @@ class BaseDecodeHead(nn.Module):
         self.common_stride = input_shape[in_features[0]].stride
         self.num_classes = num_classes
         self.channels = channels
-        self.norm = norm
+        self.norm = norm_with(norm, norm_eps, norm_momentum)  # a factory with eps/momentum
         self.align_corners = align_corners
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
         self.avg_non_ignore = avg_non_ignore
+        if use_sigmoid and class_weight:
+            # mmseg 0.30 passes them as BCE's pos_weight, which broadcasts over the width
+            raise ValueError("LOSS_USE_SIGMOID does not take CLASS_WEIGHT (mmseg 0.30 applies "
+                             "them along the image width)")
+        self.use_sigmoid = use_sigmoid
         self.ohem_min_kept = ohem_min_kept  # mmseg's OHEMPixelSampler (0 = none)
         self.ohem_thresh = ohem_thresh
         self.loss_name = loss_name
@@ -123,12 +132,15 @@ class BaseDecodeHead(nn.Module):
             "channels": node.CONVS_DIM,
             "input_transform": node.INPUT_TRANSFORM,
             "norm": node.NORM,
+            "norm_eps": node.NORM_EPS,
+            "norm_momentum": node.NORM_MOMENTUM,
             "dropout_ratio": node.DROPOUT,
             "align_corners": node.ALIGN_CORNERS,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "loss_weight": node.LOSS_WEIGHT,
             "class_weight": list(node.CLASS_WEIGHT) or None,
             "avg_non_ignore": node.LOSS_AVG_NON_IGNORE,
+            "use_sigmoid": node.LOSS_USE_SIGMOID,
             "ohem_min_kept": node.OHEM_MIN_KEPT,
             "ohem_thresh": node.OHEM_THRESH,
             "loss_name": loss_name,
@@ -175,6 +187,7 @@ class BaseDecodeHead(nn.Module):
             class_weight=self.class_weight,
             avg_non_ignore=self.avg_non_ignore,
             weight=weight,
+            use_sigmoid=self.use_sigmoid,
         )
         if log_accuracy and self.loss_name == "loss_sem_seg":
             _log_accuracy(logits, targets, self.ignore_value)

@@ -9,14 +9,16 @@ __all__ = ["DepthwiseSeparableConvModule"]
 
 class DepthwiseSeparableConvModule(nn.Module):
     """Same submodule names as mmcv (``depthwise_conv``, ``pointwise_conv``); both parts carry
-    the norm and the ReLU, as mmcv does with its default ``dw_*``/``pw_*`` configs."""
+    the norm and the ReLU, as mmcv does with its default ``dw_*``/``pw_*`` configs;
+    ``dw_activation=False`` drops the depthwise ReLU (mmcv's ``dw_act_cfg=None``: Fast-SCNN)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
-                 norm: str = "", stride: int = 1, padding: int = 0, dilation: int = 1):
+                 norm: str = "", stride: int = 1, padding: int = 0, dilation: int = 1,
+                 dw_activation: bool = True):
         super().__init__()
         self.depthwise_conv = conv_norm_act(
             in_channels, in_channels, kernel_size, norm=norm, stride=stride, padding=padding,
-            dilation=dilation, groups=in_channels,
+            dilation=dilation, groups=in_channels, activation=dw_activation,
         )
         self.pointwise_conv = conv_norm_act(in_channels, out_channels, 1, norm=norm)
 

@@ -5,14 +5,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, build_backbone
 
-from ...config import check_detectron2_keys
+from ...config import add_head_node_keys, check_detectron2_keys, register_config_keys
 from ..heads.base import resize
 from ..speed import SpeedOptions, autocast_context
 
 __all__ = ["EncoderDecoder", "build_head", "pad_batch", "slide_windows"]
+
+# mmseg's list of auxiliary heads, in its order (checkpoint keys auxiliary_head.{i})
+AUX_HEAD_NODES = (("AUX_HEAD", "loss_aux"), ("AUX_HEAD_2", "loss_aux_2"))
+
+
+@register_config_keys
+def add_aux_head_2_keys(keys):
+    # a second auxiliary head (Fast-SCNN's, on another feature); NAME "" = none
+    keys.MODEL.AUX_HEAD_2 = add_head_node_keys(
+        CN(), NAME="", IN_FEATURES=["res3"], CONVS_DIM=256, NUM_CONVS=1, CONCAT_INPUT=False,
+        LOSS_WEIGHT=0.4,
+    )
 
 
 def build_head(cfg, input_shape, head_cfg, loss_name: str) -> nn.Module:
@@ -113,8 +126,12 @@ class EncoderDecoder(nn.Module):
         backbone = build_backbone(cfg)
         shape = backbone.output_shape()
         aux = []
-        if cfg.MODEL.AUX_HEAD.NAME:
-            aux.append(build_head(cfg, shape, cfg.MODEL.AUX_HEAD, "loss_aux"))
+        for node, loss_name in AUX_HEAD_NODES:
+            if cfg.MODEL[node].NAME:
+                if node != "AUX_HEAD" and not cfg.MODEL.AUX_HEAD.NAME:
+                    raise ValueError(f"MODEL.{node}.NAME is set but MODEL.AUX_HEAD.NAME is not: "
+                                     "fill the auxiliary heads in order")
+                aux.append(build_head(cfg, shape, cfg.MODEL[node], loss_name))
         crop = cfg.INPUT.CROP
         if crop.ENABLED and crop.TYPE != "absolute":
             raise ValueError(f"INPUT.CROP.TYPE={crop.TYPE!r}: d2seg crops are 'absolute' (h, w)")

@@ -1,0 +1,91 @@
+"""Fast-SCNN and MobileNetV3 + LR-ASPP (large and small): d2seg vs MMSegmentation 0.30 with the
+same (randomised) weights, loaded from an mmseg-format checkpoint file through SegCheckpointer.
+Logits at odd sizes in eval mode, and Fast-SCNN's three sigmoid-BCE losses in training mode."""
+import pytest
+import torch
+
+from detectron2.modeling import build_model
+
+from common import REPO_CONFIGS, get_d2seg_cfg
+from d2seg.checkpoint import SegCheckpointer
+
+mmseg_peer = pytest.importorskip("mmseg_peer")
+pytest.importorskip("mmseg")
+
+HEADS_BN = ["MODEL.SEM_SEG_HEAD.NORM", "BN", "MODEL.AUX_HEAD.NORM", "BN",
+            "MODEL.AUX_HEAD_2.NORM", "BN"]
+FAST_SCNN = ("fastscnn/fast_scnn_lr0.12_8x4_160k_cityscapes", "fast_scnn",
+             ["MODEL.FAST_SCNN.NORM", "BN"])
+LRASPP = ("mobilenet_v3/lraspp_m-v3-d8_512x1024_320k_cityscapes", "lraspp_m-v3-d8",
+          ["MODEL.MOBILENET_V3.NORM", "BN"])
+LRASPP_SMALL = ("mobilenet_v3/lraspp_m-v3s-d8_512x1024_320k_cityscapes", "lraspp_m-v3-d8",
+                ["MODEL.MOBILENET_V3.NORM", "BN", "MODEL.MOBILENET_V3.ARCH", "small",
+                 "MODEL.MOBILENET_V3.OUT_FEATURES", ["layer0", "layer1", "layer12"],
+                 "MODEL.SEM_SEG_HEAD.IN_FEATURES", ["layer0", "layer1", "layer12"]])
+
+
+def _pair(spec, tmp_path):
+    """mmseg's model (random weights and BN statistics) and d2seg's, loaded from the mmseg
+    checkpoint file by SegCheckpointer (format detection + key conversion, strict)."""
+    mmseg_name, yaml, extra = spec
+    ref = mmseg_peer.build_mmseg_model(mmseg_peer.mmseg_config(mmseg_name))
+    path = str(tmp_path / "mmseg.pth")
+    torch.save({"meta": {}, "state_dict": ref.state_dict()}, path)
+    cfg = get_d2seg_cfg(REPO_CONFIGS / f"_base_/models/{yaml}.yaml", HEADS_BN + extra)
+    model = build_model(cfg)
+    SegCheckpointer(model).load(path)
+    return ref, model.eval()
+
+
+def _assert_close(got, expected):
+    scale = max(1.0, expected.abs().max().item())
+    assert got.shape == expected.shape
+    assert 0.1 < expected.abs().max() < 1e3  # the comparison is not of zeros
+    assert (got - expected).abs().max().item() <= 1e-4 * scale
+
+
+def test_fast_scnn_matches_mmseg(tmp_path):
+    ref, model = _pair(FAST_SCNN, tmp_path)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == 0.01 for m in bns)  # mmseg's norm_cfg, heads included
+    img = torch.randn(1, 3, 130, 194)  # odd sizes at every stride (65x97 ... 5x7)
+    with torch.no_grad():
+        _assert_close(model.encode_decode(img), ref.encode_decode(img, [{}]))
+        ref_feats = ref.extract_feat(img)
+        feats = model.backbone(img)
+        for name, r in zip(("higher_res", "lower_res", "fusion"), ref_feats):
+            _assert_close(feats[name], r)
+        for head, ref_head in zip(model.auxiliary_heads, ref.auxiliary_head):
+            _assert_close(head(feats)[0], ref_head(ref_feats))
+
+
+@pytest.mark.parametrize("spec,size", [(LRASPP, (401, 419)), (LRASPP_SMALL, (393, 455))],
+                         ids=["large", "small"])
+def test_lraspp_matches_mmseg(spec, size, tmp_path):
+    ref, model = _pair(spec, tmp_path)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.eps == 1e-3 for m in bns)  # mmseg's norm_cfg, head included
+    img = torch.randn(1, 3, *size)  # >= 392: the head's 49x49 pool at stride 8
+    with torch.no_grad():
+        _assert_close(model.encode_decode(img), ref.encode_decode(img, [{}]))
+
+
+def test_fast_scnn_training_losses_match_mmseg(tmp_path):
+    """BN in training mode, dropout off: the decode and both auxiliary sigmoid-BCE losses."""
+    ref, model = _pair(FAST_SCNN, tmp_path)
+    g = torch.Generator().manual_seed(1)
+    img = torch.randn(2, 3, 66, 98, generator=g)
+    label = torch.randint(0, 19, (2, 66, 98), generator=g)
+    label[torch.rand(2, 66, 98, generator=g) < 0.2] = 255
+    ref.train()
+    model.train()
+    for m in list(ref.modules()) + list(model.modules()):
+        if isinstance(m, torch.nn.Dropout2d):
+            m.eval()
+    expected = ref.forward_train(img, [{}] * 2, label[:, None])
+    got = model.compute_losses(model.backbone(img), label)
+    pairs = [("loss_sem_seg", "decode.loss_ce"), ("loss_aux", "aux_0.loss_ce"),
+             ("loss_aux_2", "aux_1.loss_ce")]
+    assert set(got) == {k for k, _ in pairs}
+    for ours, theirs in pairs:
+        assert abs(got[ours].item() - expected[theirs].item()) <= 1e-5 * expected[theirs].item()

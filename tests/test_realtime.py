@@ -1,0 +1,87 @@
+"""Fast-SCNN and MobileNetV3 + LR-ASPP beyond parity (tests/parity/test_parity_realtime.py):
+LR-ASPP's input-size limit, config errors, and ONNX export with dynamic N, H, W."""
+import pytest
+import torch
+from torch import nn
+
+from detectron2.modeling import build_model
+
+from common import REPO_CONFIGS, get_d2seg_cfg
+
+BN = ["MODEL.SEM_SEG_HEAD.NORM", "BN", "MODEL.AUX_HEAD.NORM", "BN", "MODEL.AUX_HEAD_2.NORM", "BN"]
+FAST_SCNN = ("fast_scnn", ["MODEL.FAST_SCNN.NORM", "BN", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5])
+LRASPP_SMALL = ("lraspp_m-v3-d8", [
+    "MODEL.MOBILENET_V3.NORM", "BN", "MODEL.MOBILENET_V3.ARCH", "small",
+    "MODEL.MOBILENET_V3.OUT_FEATURES", ["layer0", "layer1", "layer12"],
+    "MODEL.SEM_SEG_HEAD.IN_FEATURES", ["layer0", "layer1", "layer12"],
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5])
+
+
+def _cfg(spec, opts=()):
+    yaml, extra = spec
+    return get_d2seg_cfg(REPO_CONFIGS / f"_base_/models/{yaml}.yaml", [*BN, *extra, *opts])
+
+
+@torch.no_grad()
+def _model(spec, opts=()):
+    """Eval-mode model with random BN statistics and affine (BN folding is not the identity)."""
+    model = build_model(_cfg(spec, opts))
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def test_lraspp_needs_392_px_and_says_so():
+    model = _model(LRASPP_SMALL)
+    with torch.no_grad():
+        assert model.encode_decode(torch.randn(1, 3, 392, 400)).shape == (1, 5, 392, 400)
+        with pytest.raises(ValueError, match=r"at least 49x49, got 48x50.*392 px"):
+            model.encode_decode(torch.randn(1, 3, 384, 400))
+
+
+def test_fast_scnn_outputs_and_losses():
+    model = build_model(_cfg(FAST_SCNN))
+    shapes = model.backbone.output_shape()
+    assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {
+        "higher_res": (64, 8), "lower_res": (128, 32), "fusion": (128, 8)}
+    assert [h.in_features for h in model.auxiliary_heads] == [["lower_res"], ["higher_res"]]
+    assert all(h.use_sigmoid for h in [model.decode_head, *model.auxiliary_heads])
+    label = torch.randint(0, 5, (2, 64, 64))
+    label[:, :8] = 255
+    losses = model([{"image": torch.rand(3, 64, 64) * 255, "sem_seg": y} for y in label])
+    assert set(losses) == {"loss_sem_seg", "loss_aux", "loss_aux_2"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="MODEL.AUX_HEAD_2.NAME is set but MODEL.AUX_HEAD.NAME"):
+        build_model(_cfg(FAST_SCNN, ["MODEL.AUX_HEAD.NAME", ""]))
+    with pytest.raises(ValueError, match="LOSS_USE_SIGMOID does not take CLASS_WEIGHT"):
+        build_model(_cfg(FAST_SCNN, ["MODEL.SEM_SEG_HEAD.CLASS_WEIGHT", [1.0] * 5]))
+    with pytest.raises(ValueError, match="ARCH='tiny'"):
+        build_model(_cfg(LRASPP_SMALL, ["MODEL.MOBILENET_V3.ARCH", "tiny"]))
+    with pytest.raises(ValueError, match="BRANCH_CHANNELS"):
+        build_model(_cfg(LRASPP_SMALL, ["MODEL.LRASPP_HEAD.BRANCH_CHANNELS", [32]]))
+
+
+@pytest.mark.parametrize("spec,sizes", [
+    (FAST_SCNN, [(1, 64, 96), (2, 72, 104)]),
+    # TF "SAME" padding of the stride-2 convs differs at odd / even sizes: both are checked
+    (LRASPP_SMALL, [(1, 400, 416), (2, 393, 459)]),
+], ids=["fast_scnn", "lraspp_small"])
+def test_onnx_dynamic_export_matches_pytorch(spec, sizes, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from d2seg.export.exporters import export, verify_export
+    from d2seg.export.wrapper import SegmentationExportModule, plain_for_export
+
+    module = SegmentationExportModule(plain_for_export(_model(spec)), labels=False).eval()
+    path = str(tmp_path / "model.onnx")
+    n, h, w = sizes[0]
+    export(module, "onnx", path, torch.rand(n, 3, h, w) * 255, dynamic=True)
+    ok, figures = verify_export(module, "onnx", path, sizes)
+    assert ok, figures
