@@ -29,30 +29,51 @@ class SemSegPredictor:
     ``torch.inference_mode``.
     The label map is what ``tools/train_net.py --eval-only`` predicts for the same image.
 
+    With ``model_file`` (a ``model.onnx`` of ``tools/export_model.py``, fp32 or INT8) the
+    network is that file, run by ONNX Runtime on the CPU with ``threads`` intra-op threads (0:
+    its default) (:class:`d2seg.export.onnx_runtime.OnnxSegmentor`); ``MODEL.WEIGHTS`` is not
+    read, and the rest of the test pipeline is the same. Outputs are then on the CPU.
+
     Example::
 
         predictor = SemSegPredictor(cfg)
         labels = predictor(cv2.imread("a.jpg"))                       # H x W int64, BGR input
         labels, probs = predictor(rgb, input_format="RGB", return_probs=True)  # + C x H x W
+        predictor = SemSegPredictor(cfg, model_file="export/model.onnx", threads=4)
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, model_file: str = "", threads: int = 0):
         self.cfg = cfg.clone()
-        model = build_model(self.cfg)
-        if cfg.MODEL.WEIGHTS:
-            # an mmseg checkpoint's classes/palette are checked against the test set's
-            dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else ""
-            SegCheckpointer(model, dataset=dataset).load(cfg.MODEL.WEIGHTS)
-        # the config's MODEL.SPEED with fused attention on (scaled_dot_product_attention: the
-        # same maths within float rounding, tested within 1e-4 of the plain model)
-        options = dataclasses.replace(SpeedOptions.from_config(self.cfg), fused_attention=True)
-        self.model = optimize_for_inference(model, options)
+        if model_file:
+            from .export.onnx_runtime import OnnxSegmentor  # onnxruntime: the deploy extra
+
+            self.model = OnnxSegmentor(model_file, self.cfg, threads=threads)
+            if self.model.outputs_labels and cfg.TEST.AUG.ENABLED:
+                raise ValueError(f"{model_file} outputs labels: TEST.AUG averages "
+                                 "probabilities; export without --labels")
+        else:
+            if cfg.MODEL.WEIGHTS.endswith(".onnx"):
+                raise ValueError(f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS} is an exported graph, not "
+                                 "weights: SemSegPredictor(cfg, model_file=...) runs it")
+            self.model = self._build_model(self.cfg)
         self.input_format = cfg.INPUT.FORMAT
         self.tta = SemanticSegmentorWithTTA(self.cfg, self.model) if cfg.TEST.AUG.ENABLED \
             else None
         # the TTA views are resized from the original image by the TTA mapper
         self.augmentations = T.AugmentationList([] if self.tta else
                                                 build_test_augmentations(self.cfg))
+
+    @staticmethod
+    def _build_model(cfg):
+        model = build_model(cfg)
+        if cfg.MODEL.WEIGHTS:
+            # an mmseg checkpoint's classes/palette are checked against the test set's
+            dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else ""
+            SegCheckpointer(model, dataset=dataset).load(cfg.MODEL.WEIGHTS)
+        # the config's MODEL.SPEED with fused attention on (scaled_dot_product_attention: the
+        # same maths within float rounding, tested within 1e-4 of the plain model)
+        options = dataclasses.replace(SpeedOptions.from_config(cfg), fused_attention=True)
+        return optimize_for_inference(model, options)
 
     def __call__(self, image: np.ndarray, input_format: str = "BGR",
                  return_probs: bool = False) -> Union[torch.Tensor, tuple]:
@@ -78,6 +99,9 @@ class SemSegPredictor:
             labels = out.argmax(0)
             if not return_probs:
                 return labels
+            if getattr(self.model, "outputs_labels", False):
+                raise ValueError(f"{self.model.path} outputs labels, not logits: no "
+                                 "probabilities (export without --labels)")
             # TTA already averages probabilities; the plain model returns logits
             probs = out if self.tta else out.softmax(0)
             return labels, probs

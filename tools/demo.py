@@ -7,10 +7,13 @@ with Detectron2's Visualizer.
     python tools/demo.py --config-file CFG --dataset NAME --output OUT [--max N] ...
     python tools/demo.py --config-file CFG --video-input FILE --output OUT ...   # OUT/FILE.mp4
     python tools/demo.py --config-file CFG --webcam --output OUT ...             # OUT/webcam.mp4
+    python tools/demo.py --config-file CFG --model export/model.onnx --input ... # an exported file
 
-Images go through ``d2seg.SemSegPredictor`` (the config's test pipeline, BN folded). ``--input``
-writes ``OUT/<name>_overlay.png`` (and ``<name>_label.png`` with --save-labels) at the image's
-size; ``--dataset`` writes image | ground truth | prediction side by side, at least 512 px wide.
+Images go through ``d2seg.SemSegPredictor`` (the config's test pipeline, BN folded); with
+``--model FILE.onnx`` the network is that exported file, run by ONNX Runtime (``--threads``).
+``--input`` writes ``OUT/<name>_overlay.png`` (and ``<name>_label.png`` with --save-labels) at
+the image's size; ``--dataset`` writes image | ground truth | prediction side by side, at least
+512 px wide.
 A video is read frame by frame and written as an mp4 of overlays (OpenCV). An input that cannot
 be read is skipped with a message naming it; the exit status is 1 if any was skipped.
 """
@@ -91,6 +94,10 @@ def parse_args(argv=None):
     p.add_argument("--max", type=int, default=0, help="at most this many images/frames (0 = all)")
     p.add_argument("--opacity", "--alpha", dest="opacity", type=float, default=0.5,
                    help="overlay opacity")
+    p.add_argument("--model", default="", help="an exported model.onnx (fp32 or INT8) to run "
+                   "with ONNX Runtime instead of MODEL.WEIGHTS")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads with "
+                   "--model (0: its default)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     sources = sum(map(bool, (args.input, args.dataset, args.video_input, args.webcam)))
@@ -103,7 +110,7 @@ def run(argv=None):
     """Returns (written files, skipped inputs with their reasons)."""
     args = parse_args(argv)
     cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts), None)
-    predictor = d2seg.SemSegPredictor(cfg)
+    predictor = d2seg.SemSegPredictor(cfg, model_file=args.model, threads=args.threads)
     meta = dataset_metadata(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     os.makedirs(args.output, exist_ok=True)
     if args.video_input or args.webcam:

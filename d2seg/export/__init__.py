@@ -6,4 +6,6 @@
   normalisation in the graph) and the check that a model holds nothing that cannot export;
 - :mod:`d2seg.export.exporters`: writing and verifying ``model.onnx`` / ``model.ts`` /
   ``model.pt2``.
+- :mod:`d2seg.export.quantize`: static INT8 ``model_int8.onnx`` (ONNX Runtime), calibrated on a
+  registered dataset through the test mapper, and its agreement with ``model.onnx``.
 """

@@ -1,0 +1,170 @@
+"""export_model.py --int8: a tiny random-weight FCN quantised (ONNX Runtime, static QDQ) on a few
+images of the built-in d2seg_shapes_val through the test pipeline; the tool's files, export.json's
+int8 entry and its errors; the calibration images are the test mapper's."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from detectron2.data import DatasetCatalog
+
+from common import REPO_CONFIGS
+from export_models import _HEAD, _RESNET, METHODS, tiny_model
+
+pytest.importorskip("onnxruntime")
+
+VAL = "d2seg_shapes_val"
+
+
+def _args(out, weights=None, extra=(), opts=()):
+    """The tiny FCN at a dynamic 64 x 96, calibrated on 4 images of VAL, checked on 3 others."""
+    yaml, fcn = METHODS["fcn"]
+    cfg_opts = [*_RESNET, *_HEAD, *fcn, "INPUT.CROP.SIZE", [64, 96],
+                "INPUT.TEST_IMG_SCALE", [128, 128], *opts]
+    if weights:
+        cfg_opts += ["MODEL.WEIGHTS", weights]
+    return ["--config-file", str(REPO_CONFIGS / f"_base_/models/{yaml}.yaml"), "--format", "onnx",
+            "--output", str(out), "--height", "64", "--width", "96", "--dynamic", "--int8",
+            "--calib-dataset", VAL, "--calib-images", "4", "--int8-check-images", "3", *extra,
+            *map(str, cfg_opts)]
+
+
+def _run(argv):
+    import export_model
+
+    return export_model.main(argv)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Random weights with O(1) logits (tiny_model's), saved like a checkpoint."""
+    path = tmp_path_factory.mktemp("int8") / "tiny_fcn.pth"
+    torch.save({"model": tiny_model("fcn").state_dict()}, path)
+    return str(path)
+
+
+def test_int8_export_writes_both_files_and_the_agreement(tmp_path, weights, capsys, monkeypatch):
+    import onnx
+
+    out, cwd = tmp_path / "out", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # nothing may be written where the tool is run from
+    assert _run(_args(out, weights, ["--int8-latency", "1"])) == 0
+    assert sorted(os.listdir(out)) == ["export.json", "model.onnx", "model_int8.onnx"]
+    assert os.listdir(cwd) == []
+    tmp_path = out
+    info = json.loads((tmp_path / "export.json").read_text())
+    int8 = info["int8"]
+    assert int8["file"] == "model_int8.onnx" and int8["calibration_dataset"] == VAL
+    assert int8["calibration_images"] == 4 and int8["verification_images"] == 3
+    assert int8["verification_held_out"] and int8["calibration_method"] == "percentile"
+    assert int8["activation_type"] == "QUInt8" and int8["per_channel"]
+    # the graph is dynamic: the test resize's sizes go in as they are
+    assert int8["calibration_resized_to_graph"] == 0
+    # the INT8 file holds quantised convs, ORT runs them as integer convs; the classifier
+    # (and the final resize) stay float, as named in kept_in_float
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "model_int8.onnx")).graph.node]
+    assert ops.count("QuantizeLinear") > 5 and ops.count("DequantizeLinear") > 5
+    convs = int8["convs"]
+    assert convs["int8_convs"] == convs["fp32_convs"] - 1 and convs["float_convs_left"] == 1
+    kept = {n.name: n.op_type for n in onnx.load(str(tmp_path / "model_int8.onnx")).graph.node
+            if n.name in int8["kept_in_float"]}
+    assert "Conv" in kept.values() and "Resize" in kept.values()
+    # the reported figures are those of the two files on 3 val images outside the calibration
+    # set, through the test mapper (recomputed here)
+    import export_model
+    import onnxruntime as ort
+    from d2seg.export.quantize import CalibrationImages, calibration_dicts
+
+    argv = _args(tmp_path, weights)
+    cfg = export_model.export_cfg(argv[1], argv[argv.index("--calib-images") + 4:])
+    check = CalibrationImages(cfg, calibration_dicts(VAL, 3, skip=calibration_dicts(VAL, 4)),
+                              ["batch", 3, "height", "width"])
+    runs = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"])
+            for f in ("model.onnx", "model_int8.onnx")]
+    same = pixels = diff = 0
+    for k in range(3):
+        fp32, int8_logits = (r.run(None, {"image": check.batch_at(k)})[0] for r in runs)
+        same += (fp32.argmax(1) == int8_logits.argmax(1)).sum()
+        pixels += fp32[:, 0].size
+        diff = max(diff, np.abs(fp32 - int8_logits).max())
+    a = int8["agreement"]
+    assert a["pixels"] == pixels and a["argmax_agreement"] == pytest.approx(same / pixels)
+    assert a["max_abs_diff"] == pytest.approx(diff) and 0 < diff < a["max_abs_logit"]
+    assert same < pixels  # INT8 is not the fp32 file: random weights leave near-ties that flip
+    assert int8["latency_s"]["fp32"] > 0 and int8["latency_s"]["int8"] > 0
+    assert "int8:" in capsys.readouterr().out
+
+
+def test_int8_calibration_images_are_the_test_pipeline(tmp_path, weights):
+    """The calibration reader gives what the test mapper gives (resize to TEST_IMG_SCALE, RGB)
+    as float32 1 x 3 x H x W; a fixed-size graph gets the image resized to its size."""
+    from detectron2.data import detection_utils
+
+    from common import get_d2seg_cfg
+    from d2seg.data.mappers import SemSegDatasetMapper
+    from d2seg.export.quantize import CalibrationImages, calibration_dicts
+
+    yaml, fcn = METHODS["fcn"]
+    cfg = get_d2seg_cfg(REPO_CONFIGS / f"_base_/models/{yaml}.yaml",
+                        [*_RESNET, *_HEAD, *fcn, "INPUT.TEST_IMG_SCALE", [80, 64],
+                         "INPUT.FORMAT", "BGR"])
+    dicts = calibration_dicts(VAL, 3)
+    assert len(dicts) == 3 and dicts[0] == DatasetCatalog.get(VAL)[0]
+    images = CalibrationImages(cfg, dicts, ["batch", 3, "height", "width"])
+    first = images.get_next()["image"]
+    mapped = SemSegDatasetMapper(cfg, is_train=False)(images.dicts[0])["image"].numpy()  # BGR
+    assert first.dtype == np.float32 and first.shape == (1, *mapped.shape)
+    assert max(mapped.shape[1:]) <= 80 and min(mapped.shape[1:]) <= 64  # resized, keep-ratio
+    np.testing.assert_array_equal(first[0], mapped[::-1].astype(np.float32))  # to RGB
+    rgb = detection_utils.read_image(dicts[0]["file_name"], format="RGB")
+    assert abs(first[0].mean() - rgb.mean()) < 3  # same picture, resized
+    assert len(images) == 3 and images.get_next() is not None
+    fixed = CalibrationImages(cfg, dicts, [2, 3, 40, 56])
+    assert fixed.get_next()["image"].shape == (2, 3, 40, 56) and fixed.resized == 2
+    assert len(fixed) == 2
+
+
+def test_int8_errors(tmp_path, weights, capsys, monkeypatch):
+    assert _run(_args(tmp_path / "a", weights, ["--format", "torchscript"])) == 2
+    assert "--int8 quantises the ONNX file: use --format onnx" in capsys.readouterr().err
+    argv = _args(tmp_path / "b", weights)
+    argv[argv.index("--calib-dataset") + 1] = "no_such_dataset"
+    assert _run(argv) == 2
+    assert "'no_such_dataset' is not registered" in capsys.readouterr().err
+    DatasetCatalog.register("d2seg_int8_empty", lambda: [])
+    try:
+        argv[argv.index("--calib-dataset") + 1] = "d2seg_int8_empty"
+        assert _run(argv) == 2
+        assert "'d2seg_int8_empty' has no images" in capsys.readouterr().err
+    finally:
+        DatasetCatalog.remove("d2seg_int8_empty")
+    argv = [a for a in _args(tmp_path / "c", weights) if a not in ("--calib-dataset", VAL)]
+    assert _run(argv) == 2 and "--int8 needs --calib-dataset" in capsys.readouterr().err
+    # onnxruntime not installed: a None entry in sys.modules makes importing it fail
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)
+    assert _run(_args(tmp_path / "d", weights)) == 2
+    assert "pip install 'd2seg[deploy]'" in capsys.readouterr().err
+    for sub in "abcd":
+        assert not (tmp_path / sub).exists() or os.listdir(tmp_path / sub) == []
+
+
+def test_int8_failure_keeps_the_checked_fp32_file(tmp_path, weights, capsys, monkeypatch):
+    """A quantisation that raises leaves model.onnx (it passed its check) and export.json with
+    the error, no INT8 file (not even one from an earlier run), and exit status 1."""
+    import d2seg.export.quantize as quantize
+
+    (tmp_path / "model_int8.onnx").write_bytes(b"stale")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("calibration broke")
+
+    monkeypatch.setattr(quantize, "quantize_and_verify", fail)
+    assert _run(_args(tmp_path, weights)) == 1
+    assert sorted(os.listdir(tmp_path)) == ["export.json", "model.onnx"]
+    info = json.loads((tmp_path / "export.json").read_text())
+    assert info["int8"] == {"error": "RuntimeError: calibration broke"}
+    assert "INT8 quantisation failed: RuntimeError: calibration broke" in capsys.readouterr().err
