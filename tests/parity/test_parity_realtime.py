@@ -1,6 +1,7 @@
-"""Fast-SCNN and MobileNetV3 + LR-ASPP (large and small): d2seg vs MMSegmentation 0.30 with the
-same (randomised) weights, loaded from an mmseg-format checkpoint file through SegCheckpointer.
-Logits at odd sizes in eval mode, and Fast-SCNN's three sigmoid-BCE losses in training mode."""
+"""Fast-SCNN, MobileNetV3 + LR-ASPP (large and small) and BiSeNetV2: d2seg vs MMSegmentation 0.30
+with the same (randomised) weights, loaded from an mmseg-format checkpoint file through
+SegCheckpointer. Logits at odd sizes in eval mode, and the training losses of every head
+(Fast-SCNN's three sigmoid-BCE losses, BiSeNetV2's five cross-entropy losses)."""
 import pytest
 import torch
 
@@ -16,6 +17,8 @@ HEADS_BN = ["MODEL.SEM_SEG_HEAD.NORM", "BN", "MODEL.AUX_HEAD.NORM", "BN",
             "MODEL.AUX_HEAD_2.NORM", "BN"]
 FAST_SCNN = ("fastscnn/fast_scnn_lr0.12_8x4_160k_cityscapes", "fast_scnn",
              ["MODEL.FAST_SCNN.NORM", "BN"])
+BISENETV2 = ("bisenetv2/bisenetv2_fcn_4x4_1024x1024_160k_cityscapes", "bisenetv2",
+             ["MODEL.AUX_HEAD_3.NORM", "BN", "MODEL.AUX_HEAD_4.NORM", "BN"])
 LRASPP = ("mobilenet_v3/lraspp_m-v3-d8_512x1024_320k_cityscapes", "lraspp_m-v3-d8",
           ["MODEL.MOBILENET_V3.NORM", "BN"])
 LRASPP_SMALL = ("mobilenet_v3/lraspp_m-v3s-d8_512x1024_320k_cityscapes", "lraspp_m-v3-d8",
@@ -44,19 +47,33 @@ def _assert_close(got, expected):
     assert (got - expected).abs().max().item() <= 1e-4 * scale
 
 
+@torch.no_grad()
+def _assert_model_matches(ref, model, feature_names, size=(130, 194)):
+    """Logits, every backbone output (in mmseg's out_indices order) and every auxiliary head's
+    logits; the default size is odd at every stride (65x97 ... 5x7)."""
+    img = torch.randn(1, 3, *size)
+    _assert_close(model.encode_decode(img), ref.encode_decode(img, [{}]))
+    ref_feats = ref.extract_feat(img)
+    feats = model.backbone(img)
+    assert len(ref_feats) == len(feature_names)
+    for name, r in zip(feature_names, ref_feats):
+        _assert_close(feats[name], r)
+    assert len(model.auxiliary_heads) == len(ref.auxiliary_head)
+    for head, ref_head in zip(model.auxiliary_heads, ref.auxiliary_head):
+        _assert_close(head(feats)[0], ref_head(ref_feats))
+
+
 def test_fast_scnn_matches_mmseg(tmp_path):
     ref, model = _pair(FAST_SCNN, tmp_path)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(m.momentum == 0.01 for m in bns)  # mmseg's norm_cfg, heads included
-    img = torch.randn(1, 3, 130, 194)  # odd sizes at every stride (65x97 ... 5x7)
-    with torch.no_grad():
-        _assert_close(model.encode_decode(img), ref.encode_decode(img, [{}]))
-        ref_feats = ref.extract_feat(img)
-        feats = model.backbone(img)
-        for name, r in zip(("higher_res", "lower_res", "fusion"), ref_feats):
-            _assert_close(feats[name], r)
-        for head, ref_head in zip(model.auxiliary_heads, ref.auxiliary_head):
-            _assert_close(head(feats)[0], ref_head(ref_feats))
+    _assert_model_matches(ref, model, ("higher_res", "lower_res", "fusion"))
+
+
+def test_bisenetv2_matches_mmseg(tmp_path):
+    ref, model = _pair(BISENETV2, tmp_path)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters())
+    _assert_model_matches(ref, model, ("bga", "stage1", "stage2", "stage3", "stage4"))
 
 
 @pytest.mark.parametrize("spec,size", [(LRASPP, (401, 419)), (LRASPP_SMALL, (393, 455))],
@@ -70,9 +87,12 @@ def test_lraspp_matches_mmseg(spec, size, tmp_path):
         _assert_close(model.encode_decode(img), ref.encode_decode(img, [{}]))
 
 
-def test_fast_scnn_training_losses_match_mmseg(tmp_path):
-    """BN in training mode, dropout off: the decode and both auxiliary sigmoid-BCE losses."""
-    ref, model = _pair(FAST_SCNN, tmp_path)
+@pytest.mark.parametrize("spec,num_aux", [(FAST_SCNN, 2), (BISENETV2, 4)],
+                         ids=["fast_scnn", "bisenetv2"])
+def test_training_losses_match_mmseg(spec, num_aux, tmp_path):
+    """BN in training mode, dropout off: the decode and every auxiliary loss (Fast-SCNN's
+    sigmoid BCE, BiSeNetV2's cross-entropy)."""
+    ref, model = _pair(spec, tmp_path)
     g = torch.Generator().manual_seed(1)
     img = torch.randn(2, 3, 66, 98, generator=g)
     label = torch.randint(0, 19, (2, 66, 98), generator=g)
@@ -84,8 +104,8 @@ def test_fast_scnn_training_losses_match_mmseg(tmp_path):
             m.eval()
     expected = ref.forward_train(img, [{}] * 2, label[:, None])
     got = model.compute_losses(model.backbone(img), label)
-    pairs = [("loss_sem_seg", "decode.loss_ce"), ("loss_aux", "aux_0.loss_ce"),
-             ("loss_aux_2", "aux_1.loss_ce")]
+    pairs = [("loss_sem_seg", "decode.loss_ce"), ("loss_aux", "aux_0.loss_ce")]
+    pairs += [(f"loss_aux_{i + 1}", f"aux_{i}.loss_ce") for i in range(1, num_aux)]
     assert set(got) == {k for k, _ in pairs}
     for ours, theirs in pairs:
         assert abs(got[ours].item() - expected[theirs].item()) <= 1e-5 * expected[theirs].item()

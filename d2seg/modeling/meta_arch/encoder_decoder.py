@@ -15,17 +15,20 @@ from ..speed import SpeedOptions, autocast_context
 
 __all__ = ["EncoderDecoder", "build_head", "pad_batch", "slide_windows"]
 
-# mmseg's list of auxiliary heads, in its order (checkpoint keys auxiliary_head.{i})
-AUX_HEAD_NODES = (("AUX_HEAD", "loss_aux"), ("AUX_HEAD_2", "loss_aux_2"))
+# mmseg's list of auxiliary heads, in its order (checkpoint keys auxiliary_head.{i}):
+# MODEL.AUX_HEAD, then AUX_HEAD_2 (Fast-SCNN's second), AUX_HEAD_3, AUX_HEAD_4 (BiSeNetV2's four)
+AUX_HEAD_NODES = (("AUX_HEAD", "loss_aux"),) + tuple(
+    (f"AUX_HEAD_{i}", f"loss_aux_{i}") for i in (2, 3, 4))
 
 
 @register_config_keys
-def add_aux_head_2_keys(keys):
-    # a second auxiliary head (Fast-SCNN's, on another feature); NAME "" = none
-    keys.MODEL.AUX_HEAD_2 = add_head_node_keys(
-        CN(), NAME="", IN_FEATURES=["res3"], CONVS_DIM=256, NUM_CONVS=1, CONCAT_INPUT=False,
-        LOSS_WEIGHT=0.4,
-    )
+def add_aux_head_n_keys(keys):
+    # more auxiliary heads, each on its own feature; NAME "" = none
+    for node, _ in AUX_HEAD_NODES[1:]:
+        keys.MODEL[node] = add_head_node_keys(
+            CN(), NAME="", IN_FEATURES=["res3"], CONVS_DIM=256, NUM_CONVS=1, CONCAT_INPUT=False,
+            LOSS_WEIGHT=0.4,
+        )
 
 
 def build_head(cfg, input_shape, head_cfg, loss_name: str) -> nn.Module:
@@ -126,10 +129,12 @@ class EncoderDecoder(nn.Module):
         backbone = build_backbone(cfg)
         shape = backbone.output_shape()
         aux = []
-        for node, loss_name in AUX_HEAD_NODES:
+        for i, (node, loss_name) in enumerate(AUX_HEAD_NODES):
             if cfg.MODEL[node].NAME:
-                if node != "AUX_HEAD" and not cfg.MODEL.AUX_HEAD.NAME:
-                    raise ValueError(f"MODEL.{node}.NAME is set but MODEL.AUX_HEAD.NAME is not: "
+                # head i must be auxiliary_heads.{i}, as mmseg's checkpoint key
+                if len(aux) != i:
+                    prev = AUX_HEAD_NODES[i - 1][0]
+                    raise ValueError(f"MODEL.{node}.NAME is set but MODEL.{prev}.NAME is not: "
                                      "fill the auxiliary heads in order")
                 aux.append(build_head(cfg, shape, cfg.MODEL[node], loss_name))
         crop = cfg.INPUT.CROP
