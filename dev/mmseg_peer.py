@@ -187,3 +187,44 @@ def save_mmseg_checkpoint(model, path, version="0.x"):
                 "state_dict": sd, "message_hub": {"log_scalars": {}},
                 "optimizer": {"state": {}, "param_groups": []}, "param_schedulers": []}
     torch.save(data, path)
+
+
+def mmseg_tool(path: str):
+    """One of the scripts MMSegmentation ships under ``.mim/tools`` (e.g.
+    ``model_converters/swin2mmseg.py``) as a module, for its conversion functions."""
+    import importlib.util
+
+    stub_mmcv_ext()
+    tool = os.path.join(os.path.dirname(mmseg_config_root()), "tools", path)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
+                                                  tool)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_same_gradients(ref_grads, grads, rel=1e-4, theory_zero=(), zero_rel=1e-6):
+    """Every gradient (d2seg names on both sides) within ``rel`` of the reference tensor's
+    largest entry; none vanishing unless listed in ``theory_zero`` (then both sides are rounding
+    noise: below ``zero_rel`` of the largest gradient of the model)."""
+    assert set(grads) == set(ref_grads), sorted(set(grads) ^ set(ref_grads))
+    largest = max(r.abs().max() for r in ref_grads.values())
+    for k, r in ref_grads.items():
+        if k in theory_zero:
+            assert max(r.abs().max(), grads[k].abs().max()) <= zero_rel * largest, k
+            continue
+        scale = r.abs().max()
+        assert scale > 1e-6 * largest, f"{k}: a vanishing gradient not listed in theory_zero"
+        assert (grads[k] - r).abs().max() <= rel * scale, k
+
+
+def training_losses(ref, model, img, label):
+    """mmseg's ``forward_train`` losses and d2seg's ``compute_losses`` on the same batch (N x H x W
+    labels), both in training mode (BN batch statistics) with dropout off."""
+    ref.train()
+    model.train()
+    for m in list(ref.modules()) + list(model.modules()):
+        if isinstance(m, torch.nn.Dropout2d):
+            m.eval()
+    expected = ref.forward_train(img, [{}] * len(img), label[:, None])
+    return expected, model.compute_losses(model.backbone(img), label)

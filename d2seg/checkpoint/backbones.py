@@ -16,10 +16,25 @@ Detectron2's own name matching in SegCheckpointer); the ImageNet classifier is d
   (q and kv Linears -> one ``in_proj``, Mix-FFN Linears -> 1x1 convs); drops ``head.*``.
 - SegFormer MiT, mmseg's conversion (``mit_b0_20220624-7e0fe6dd.pth``...): ``layers.{0-3}.*``
   (names kept).
+- STDC1 / STDC2, official (STDC-Seg's ``STDCNet813M_73.91.tar``, ``STDCNet1446M_76.47.tar``):
+  ``features.{i}.conv_list.*``, ``features.{i}.avd_layer.*``, converted as mmseg's
+  tools/model_converters/stdc2mmseg.py to ``STDCNet`` keys; drops ``conv_last``, ``fc``, ``bn``,
+  ``linear`` and the duplicate views ``x2``..``x32``.
+- STDC1 / STDC2, mmseg's conversion (``stdc1_20220308-5368626c.pth``...): ``stages.*`` (names
+  kept; other keys dropped). Both load into the ``STDCNet`` inside d2seg's STDC backbone
+  (``backbone.backbone.``): the context path keeps its initialisation, as in mmseg.
+- Swin, official (Microsoft's ``swin_tiny_patch4_window7_224.pth``...): ``patch_embed.proj.*``,
+  ``layers.{0-3}.*``, converted as mmseg's tools/model_converters/swin2mmseg.py (``stages``,
+  ``attn.w_msa``, ``ffn.layers``, PatchMerging ``reduction``/``norm`` reordered to ``nn.Unfold``'s
+  channel order); drops ``head.*``, the ImageNet model's final ``norm.*`` and the shifted blocks'
+  ``attn_mask`` buffers (d2seg, as mmseg, builds the mask for each input).
+- Swin, mmseg's conversion (``swin_tiny_patch4_window7_224_20220317-1cdeb081.pth``...):
+  ``patch_embed.projection.*``, ``stages.{0-3}.*`` (names kept; drops the same ``norm.*`` and
+  ``attn_mask`` as above when present).
 - mmcls / mmpretrain: ``backbone.`` + one of the above; drops ``head.*``.
 """
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -27,7 +42,8 @@ from .mmseg import convert_mmseg_key
 
 __all__ = [
     "detect_backbone_format", "convert_backbone_state_dict", "convert_mit_official",
-    "CLASSIFIER_KEYS",
+    "convert_swin_official",
+    "CLASSIFIER_KEYS", "backbone_weights_prefix", "convert_stdc_official",
 ]
 
 # ImageNet classifier parts of the source models, which d2seg does not have
@@ -41,13 +57,33 @@ FORMAT_NAMES = {
     "detectron2_resnet": "Detectron2 ResNet",
     "mit_official": "SegFormer MiT (NVlabs)",
     "mit": "SegFormer MiT (mmseg)",
+    "swin_official": "Swin Transformer (Microsoft)",
+    "swin": "Swin Transformer (mmseg)",
+    "stdc_official": "STDC (official)",
+    "stdc": "STDC (mmseg)",
 }
+# formats whose weights cover only part of d2seg's backbone module: the model keys they fill
+# (the rest of the backbone keeps its initialisation, as in mmseg's backbone_cfg init_cfg)
+_PARTIAL_BACKBONE = {"stdc_official": "backbone.backbone.", "stdc": "backbone.backbone."}
+# (a tuple of prefixes, as str.startswith takes: Swin's per-output norm0..3 are not in ImageNet
+# weights and keep their LayerNorm 1/0 initialisation, as in mmseg)
+_PARTIAL_BACKBONE.update(dict.fromkeys(("swin_official", "swin"),
+                                       ("backbone.patch_embed.", "backbone.stages.")))
+# stdc2mmseg.py's official ``features.{i}`` -> mmseg ``stages.{...}``, by STDC1's / STDC2's
+# number of feature modules
+_STDC_STAGES = {
+    8: ["0", "1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1"],
+    14: ["0", "1", "2.0", "2.1", "2.2", "2.3", "3.0", "3.1", "3.2", "3.3", "3.4", "4.0", "4.1",
+         "4.2"],
+}
+# parts of Swin's ImageNet model that the segmentation backbone does not have (both layouts)
+SWIN_UNUSED = re.compile(r"^(norm\.(weight|bias)$|(layers|stages)\.\d+\.blocks\.\d+\.attn_mask$)")
 _HEADS = ("decode_head.", "auxiliary_head.", "auxiliary_heads.", "cascade_head.")
 
 
 def detect_backbone_format(sd: Dict[str, torch.Tensor]) -> Optional[str]:
     """``resnet_v1c``, ``resnet``, ``hrnet``, ``detectron2_resnet``, ``mit_official``, ``mit``,
-    ``mmcls:<format>`` or None
+    ``stdc_official``, ``stdc``, ``swin_official``, ``swin``, ``mmcls:<format>`` or None
     (not a bare ImageNet backbone: a segmentor, or unknown)."""
     if any(k.startswith(_HEADS) for k in sd):
         return None
@@ -65,6 +101,14 @@ def detect_backbone_format(sd: Dict[str, torch.Tensor]) -> Optional[str]:
         return "mit_official"
     if "layers.0.0.projection.weight" in sd:
         return "mit"
+    if has("features.") and any(".conv_list." in k for k in sd):
+        return "stdc_official"
+    if "stages.0.conv.weight" in sd and has("stages.2.0.layers."):
+        return "stdc"
+    if "patch_embed.proj.weight" in sd and has("layers.0.blocks."):
+        return "swin_official"
+    if "patch_embed.projection.weight" in sd and has("stages.0.blocks."):
+        return "swin"
     if "stem.0.weight" in sd and has("layer1."):
         return "resnet_v1c"
     if "conv1.weight" in sd and has("layer1."):
@@ -89,9 +133,22 @@ def convert_backbone_state_dict(
         return out, skipped, f"mmcls/{name}"
     if fmt == "mit_official":
         sd = convert_mit_official(sd)
+    if fmt in ("stdc_official", "stdc"):
+        if fmt == "stdc_official":
+            sd = convert_stdc_official(sd)
+        kept = re.compile(r"^(stages|final_conv)\.")
+        skipped = sorted(k for k in sd if not kept.match(k))
+        out = {convert_mmseg_key("backbone.backbone." + k, is_resnet=False): v
+               for k, v in sd.items() if kept.match(k)}
+        return out, skipped, FORMAT_NAMES[fmt]
+    unused = SWIN_UNUSED if fmt in ("swin_official", "swin") else None
+    if unused:
+        skipped += [k for k in sd if unused.match(k)]
+    if fmt == "swin_official":
+        sd = convert_swin_official(sd)
     out = {}
     for k, v in sd.items():
-        if CLASSIFIER_KEYS.match(k):
+        if CLASSIFIER_KEYS.match(k) or (unused and unused.match(k)):
             continue
         key = "backbone." + k
         if fmt in ("resnet_v1c", "resnet"):
@@ -135,4 +192,65 @@ def convert_mit_official(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]
                 out[prefix + f"ffn.layers.{index}.{mlp[2]}"] = v
             else:  # norm1, norm2, attn.sr, attn.norm: same names
                 out[prefix + rest] = v
+    return out
+
+
+def backbone_weights_prefix(fmt: Optional[str]) -> Union[str, Tuple[str, ...]]:
+    """The model keys that weights of backbone format ``fmt`` fill: ``backbone.``, or prefixes
+    of a part of it (STDC's ImageNet weights are those of the STDCNet inside the context path
+    network; Swin's lack the per-output norms)."""
+    fmt = (fmt or "").split(":")[-1]
+    return _PARTIAL_BACKBONE.get(fmt, "backbone.")
+
+
+def convert_stdc_official(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Official STDC-Seg ImageNet keys -> mmseg's ``STDCNet`` keys, as mmseg's stdc2mmseg.py
+    (``features.{i}`` -> ``stages.{stage}``, ``conv_list`` -> ``layers``, ``avd_layer.{0,1}`` ->
+    ``downsample.{conv,bn}``); keys outside ``features.`` pass through for the caller to drop."""
+    sd = {k.replace("cp.", "", 1) if k.startswith("cp.") else k: v for k, v in sd.items()}
+    indices = {int(k.split(".")[1]) for k in sd if re.match(r"^features\.\d+\.", k)}
+    stages = _STDC_STAGES.get(len(indices))
+    if stages is None or indices != set(range(len(indices))):
+        raise ValueError(f"STDC checkpoint: features.{{i}} with {len(indices)} modules "
+                         f"(indices {sorted(indices)}), expected STDC1's 8 or STDC2's 14")
+    out = {}
+    for k, v in sd.items():
+        m = re.match(r"^features\.(\d+)\.(.*)$", k)
+        if m is None:
+            out[k] = v
+            continue
+        rest = m[2].replace("conv_list", "layers")
+        rest = re.sub(r"^avd_layer\.0\.", "downsample.conv.", rest)
+        rest = re.sub(r"^avd_layer\.1\.", "downsample.bn.", rest)
+        out[f"stages.{stages[int(m[1])]}.{rest}"] = v
+    return out
+
+
+def _unfold_order(v: torch.Tensor) -> torch.Tensor:
+    """PatchMerging's 4C axis (the last of ``reduction.weight`` and ``norm.*``) from the
+    official [x0, x1, x2, x3] = neighbours (0,0), (1,0), (0,1), (1,1) concatenated, to
+    ``nn.Unfold``'s (C, kh, kw) order, as swin2mmseg's correct_unfold_*_order."""
+    x = v.reshape(*v.shape[:-1], 4, v.shape[-1] // 4)[..., [0, 2, 1, 3], :]
+    return x.transpose(-1, -2).reshape(v.shape)
+
+
+def convert_swin_official(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Microsoft's Swin Transformer keys -> mmseg's ``SwinTransformer`` keys, as mmseg's
+    swin2mmseg.py; other keys (``head.*``, ``norm.*``) pass through for the caller to drop."""
+    out = {}
+    for k, v in sd.items():
+        m = re.match(r"^layers\.(\d+)\.(.*)$", k)
+        if m is None:
+            out[re.sub(r"^patch_embed\.proj\.", "patch_embed.projection.", k)] = v
+            continue
+        rest = m[2]
+        if ".attn." in rest:
+            rest = rest.replace(".attn.", ".attn.w_msa.")
+        elif ".mlp.fc1." in rest:
+            rest = rest.replace(".mlp.fc1.", ".ffn.layers.0.0.")
+        elif ".mlp.fc2." in rest:
+            rest = rest.replace(".mlp.fc2.", ".ffn.layers.1.")
+        elif re.match(r"^downsample\.(reduction\.weight|norm\.(weight|bias))$", rest):
+            v = _unfold_order(v)
+        out[f"stages.{m[1]}.{rest}"] = v
     return out

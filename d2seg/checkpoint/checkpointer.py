@@ -27,7 +27,9 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
 from .atomic_io import atomic_torch_save, atomic_write_text
-from .backbones import CLASSIFIER_KEYS, convert_backbone_state_dict, detect_backbone_format
+from .backbones import (
+    CLASSIFIER_KEYS, backbone_weights_prefix, convert_backbone_state_dict, detect_backbone_format,
+)
 from .compat import CheckpointMismatchError, check_state_dict, group_keys
 from .convert import is_mmseg_checkpoint, unwrap_state_dict  # noqa: F401  (re-exported)
 from .converted_cache import read_or_convert
@@ -104,7 +106,8 @@ class SegCheckpointer(DetectionCheckpointer):
             model, skipped, name = convert_backbone_state_dict(sd, fmt)
             return {
                 "model": model,
-                "__d2seg__": {"format": name, "skipped": skipped, "backbone_only": True},
+                "__d2seg__": {"format": name, "skipped": skipped, "backbone_only": True,
+                              "backbone_prefix": backbone_weights_prefix(fmt)},
             }
         out = dict(data) if container == "model" else {}
         out["model"] = sd
@@ -136,7 +139,8 @@ class SegCheckpointer(DetectionCheckpointer):
         if sd and all(k.startswith("module.") for k in sd):
             sd = checkpoint["model"] = {k[len("module."):]: v for k, v in sd.items()}
         report = check_state_dict(model_state, sd, info.get("backbone_only"), skipped,
-                                  fine_tune=self.fine_tune and not self._resuming)
+                                  fine_tune=self.fine_tune and not self._resuming,
+                                  backbone_prefix=info.get("backbone_prefix", "backbone."))
         self.last_report = report
         source = self._current_file or "checkpoint"
         if report.errors:

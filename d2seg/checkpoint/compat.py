@@ -5,7 +5,8 @@ tools/convert_mmseg_checkpoint.py, so that a model is never silently half-loaded
   of it must be in the model, with the same shapes. Only the auxiliary heads (training-only) may
   be absent on either side: reported as a warning.
 - **Backbone checkpoint** (every key under ``backbone.``, e.g. ImageNet weights): every backbone
-  tensor must be in it and every tensor of it in the model; the heads keep their initialisation.
+  tensor must be in it and every tensor of it in the model; the heads keep their initialisation
+  (and, for weights of part of the backbone such as STDC's STDCNet, the rest of the backbone).
   BN running statistics may be absent when the checkpoint has none at all (caffe/MSRA weights
   fold them into the affine).
 - ``num_batches_tracked`` (absent from older PyTorch files) is never required.
@@ -17,7 +18,7 @@ tools/convert_mmseg_checkpoint.py, so that a model is never silently half-loaded
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 __all__ = ["CheckpointMismatchError", "LoadReport", "check_state_dict", "group_keys"]
 
@@ -120,10 +121,13 @@ def _class_count_change(key: str, shape_ckpt: tuple, shape_model: tuple) -> bool
 
 
 def check_state_dict(model_state: Dict, ckpt_state: Dict, backbone_only: Optional[bool] = None,
-                     skipped: Iterable[str] = (), fine_tune: bool = False) -> LoadReport:
+                     skipped: Iterable[str] = (), fine_tune: bool = False,
+                     backbone_prefix: Union[str, Tuple[str, ...]] = "backbone.") -> LoadReport:
     """Compares checkpoint keys/shapes with the model's; ``backbone_only`` defaults to "every
     checkpoint key is under ``backbone.``". With ``fine_tune``, classifiers of another class
-    count go to ``reinitialised`` instead of ``mismatched``."""
+    count go to ``reinitialised`` instead of ``mismatched``. Backbone weights must fill the model
+    keys under ``backbone_prefix`` (narrower prefixes, one or a tuple, when they cover part of
+    the backbone module, e.g. STDC's ``backbone.backbone.``)."""
     if backbone_only is None:
         backbone_only = bool(ckpt_state) and all(k.startswith("backbone.") for k in ckpt_state)
     r = LoadReport(backbone_only=backbone_only, skipped=list(skipped))
@@ -144,7 +148,7 @@ def check_state_dict(model_state: Dict, ckpt_state: Dict, backbone_only: Optiona
     for k in model_state:
         if k in ckpt_state or k.endswith("num_batches_tracked"):
             continue
-        if backbone_only and not k.startswith("backbone."):
+        if backbone_only and not k.startswith(backbone_prefix):
             r.kept_init.append(k)
         elif backbone_only and k.endswith(_BN_STATS) and not ckpt_has_stats:
             r.kept_init.append(k)

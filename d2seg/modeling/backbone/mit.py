@@ -55,6 +55,21 @@ def nchw_to_nlc(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
+def init_linear_or_layernorm_(m: nn.Module) -> bool:
+    """mmseg's transformer init of one module: trunc-normal(.02) Linear weights with zero biases,
+    LayerNorms 1/0; False for other modules."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    else:
+        return False
+    return True
+
+
 class DropPath(nn.Module):
     """Stochastic depth per sample (mmcv's DropPath: kept samples scaled by 1 / keep)."""
 
@@ -220,14 +235,9 @@ class MixVisionTransformer(Backbone):
         # mmseg's MixVisionTransformer.init_weights without a checkpoint (the attention's
         # in_proj keeps nn.MultiheadAttention's xavier init, as in mmseg)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
+            if init_linear_or_layernorm_(m):
+                continue
+            if isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
                 nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
                 if m.bias is not None:

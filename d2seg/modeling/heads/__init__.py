@@ -15,3 +15,4 @@ from .ocr import OCRHead  # noqa: F401
 from .segformer import SegformerHead  # noqa: F401
 from .sep_fcn import DepthwiseSeparableFCNHead  # noqa: F401
 from .lraspp import LRASPPHead  # noqa: F401
+from .stdc import STDCHead  # noqa: F401
