@@ -7,10 +7,12 @@ from detectron2.solver.build import (
     get_default_optimizer_params,
     maybe_add_gradient_clipping,
 )
-from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
+from detectron2.solver.lr_scheduler import LRMultiplier
 from fvcore.common.param_scheduler import ParamScheduler
 
-__all__ = ["PolyParamScheduler", "build_lr_scheduler", "build_optimizer"]
+from .solver_paramwise import paramwise_groups
+
+__all__ = ["MmcvWarmup", "PolyLR", "PolyParamScheduler", "build_lr_scheduler", "build_optimizer"]
 
 OPTIMIZERS = ("SGD", "AdamW")
 CLIP_TYPES = ("value", "norm", "full_model")
@@ -28,21 +30,56 @@ class PolyParamScheduler(ParamScheduler):
         return (1.0 - self.min_ratio) * (1.0 - where) ** self.power + self.min_ratio
 
 
+class MmcvWarmup(ParamScheduler):
+    """mmcv's warm-up factor on the schedule's lr: ``1 - (1 - it / warmup_iters) * (1 -
+    warmup_ratio)`` ("linear") or ``warmup_ratio`` ("constant"), 1 after ``length``."""
+
+    def __init__(self, ratio: float, length: float, method: str):
+        if length > 0 and method not in ("linear", "constant"):
+            raise ValueError(f"SOLVER.WARMUP_METHOD={method!r}: WarmupPolyLR has 'linear' and "
+                             "'constant'")
+        self.ratio, self.length, self.method = ratio, length, method
+
+    def __call__(self, where: float) -> float:
+        if where >= self.length:
+            return 1.0
+        if self.method == "constant":
+            return self.ratio
+        return 1.0 - (1.0 - where / self.length) * (1.0 - self.ratio)
+
+
+class PolyLR(LRMultiplier):
+    """mmcv's PolyLrUpdaterHook on each parameter group: ``lr = warmup(it) * ((initial_lr -
+    min_lr) * (1 - it / max_iter) ** power + min_lr)``. ``min_lr`` is absolute, the same for
+    every group (a head at 10x BASE_LR or a layer-decayed group also ends at min_lr), so the
+    groups' lrs keep their ratios only when it is 0. The warm-up multiplies that lr, as mmcv's
+    ``1 - (1 - it / warmup_iters) * (1 - warmup_ratio)`` ("linear") or ``warmup_ratio``
+    ("constant") does (Detectron2's warm-up instead ramps to the schedule's value at its end)."""
+
+    def __init__(self, optimizer, *, power: float, min_lr: float, warmup: ParamScheduler,
+                 max_iter: int, last_iter: int = -1):
+        self._poly = PolyParamScheduler(power, 0.0)
+        self._min_lr = min_lr
+        super().__init__(optimizer, multiplier=warmup, max_iter=max_iter, last_iter=last_iter)
+
+    def get_lr(self):
+        where = self.last_epoch / self._max_iter
+        warm, coeff = self._multiplier(where), self._poly(where)
+        return [warm * ((base - self._min_lr) * coeff + self._min_lr) for base in self.base_lrs]
+
+
 def build_lr_scheduler(cfg, optimizer):
-    """``WarmupPolyLR`` (mmseg's schedule, with Detectron2's optional warm-up); any other
-    SOLVER.LR_SCHEDULER_NAME goes to Detectron2's builder (``WarmupMultiStepLR`` with a linear
-    warm-up is mmcv's ``policy='step'`` with ``warmup='linear'``: the same factors)."""
+    """``WarmupPolyLR`` (mmseg's schedule: :class:`PolyLR`, with SOLVER.WARMUP_* as mmcv's
+    warm-up); any other SOLVER.LR_SCHEDULER_NAME goes to Detectron2's builder
+    (``WarmupMultiStepLR`` with a linear warm-up is mmcv's ``policy='step'`` with
+    ``warmup='linear'``: the same factors)."""
     if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupPolyLR":
         return build_d2_lr_scheduler(cfg, optimizer)
-    sched = PolyParamScheduler(cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_MIN_LR / cfg.SOLVER.BASE_LR)
-    if cfg.SOLVER.WARMUP_ITERS > 0:
-        sched = WarmupParamScheduler(
-            sched,
-            cfg.SOLVER.WARMUP_FACTOR,
-            min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0),
-            cfg.SOLVER.WARMUP_METHOD,
-        )
-    return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)
+    warmup = MmcvWarmup(cfg.SOLVER.WARMUP_FACTOR,
+                        max(cfg.SOLVER.WARMUP_ITERS, 0) / cfg.SOLVER.MAX_ITER,
+                        cfg.SOLVER.WARMUP_METHOD)
+    return PolyLR(optimizer, power=cfg.SOLVER.POLY_LR_POWER, min_lr=cfg.SOLVER.POLY_LR_MIN_LR,
+                  warmup=warmup, max_iter=cfg.SOLVER.MAX_ITER)
 
 
 def _clip_full_model(clip):
@@ -62,7 +99,9 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     rsb-pretrain configs) takes the same parameter groups (SOLVER.WEIGHT_DECAY_NORM/_BIAS,
     BIAS_LR_FACTOR) and SOLVER.BETAS / EPS. SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model" clips
     the norm of all gradients together, as mmcv's OptimizerHook; under AMP the GradScaler
-    unscales the gradients before ``step`` clips them."""
+    unscales the gradients before ``step`` clips them. SOLVER.PARAMWISE (mmcv's
+    ``paramwise_cfg``) or SOLVER.LR_DECAY (mmseg's layer-wise lr decay) replace Detectron2's
+    groups with mmcv's (d2seg/solver_paramwise.py)."""
     # case-insensitive: Mask2Former-style projects spell it "ADAMW"
     name = {n.upper(): n for n in OPTIMIZERS}.get(str(cfg.SOLVER.OPTIMIZER).upper())
     if name is None:
@@ -71,15 +110,18 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     if clip.ENABLED and clip.CLIP_TYPE not in CLIP_TYPES:
         raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clip.CLIP_TYPE!r}: one of {CLIP_TYPES}")
     full_model = clip.ENABLED and clip.CLIP_TYPE == "full_model"
-    if name == "SGD" and not full_model:
+    # mmcv's paramwise_cfg / mmseg's layer-wise lr decay (d2seg/solver_paramwise.py), if set
+    params = paramwise_groups(cfg, model)
+    if name == "SGD" and not full_model and params is None:
         return build_d2_optimizer(cfg, model)
-    params = get_default_optimizer_params(
-        model,
-        base_lr=cfg.SOLVER.BASE_LR,
-        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-    )
+    if params is None:
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
     if name == "SGD":
         cls, args = torch.optim.SGD, dict(momentum=cfg.SOLVER.MOMENTUM,
                                           nesterov=cfg.SOLVER.NESTEROV)
