@@ -33,7 +33,8 @@ ALL_YAMLS = sorted(
 MMSEG_STEMS = [y[: -len(".yaml")] for y in ALL_YAMLS
                if (REPO_CONFIGS / y).read_text().startswith("# MMSegmentation 0.30: configs/")]
 NORM_NODES = ("RESNETS", "HRNET", "SEM_SEG_HEAD", "AUX_HEAD", "CASCADE_HEAD", "AUX_HEAD_2",
-              "AUX_HEAD_3", "AUX_HEAD_4", "FAST_SCNN", "MOBILENET_V3", "BISENETV2")
+              "AUX_HEAD_3", "AUX_HEAD_4", "FAST_SCNN", "MOBILENET_V3", "BISENETV2",
+              "CGNET")
 IMAGE = 48  # every backbone feature >= 2x2 (HRNet hr4, UPerNet res5), OS8 maps 6x6
 IMAGE_FOR_HEAD = {"LRASPPHead": 392}  # its 49x49 pooling at stride 8
 

@@ -1,4 +1,4 @@
-"""Fast-SCNN, MobileNetV3 + LR-ASPP and BiSeNetV2 beyond parity
+"""Fast-SCNN, MobileNetV3 + LR-ASPP, BiSeNetV2 and ERFNet beyond parity
 (tests/parity/test_parity_realtime.py): LR-ASPP's input-size limit, outputs and losses, config
 errors, and ONNX export with dynamic N, H, W."""
 import pytest
@@ -18,6 +18,16 @@ BISENETV2 = ("bisenetv2", [
     [4, 8, 16, 32], "MODEL.BISENETV2.BGA_CHANNELS", 32, "MODEL.SEM_SEG_HEAD.CONVS_DIM", 64,
     "MODEL.AUX_HEAD.CONVS_DIM", 4, "MODEL.AUX_HEAD_2.CONVS_DIM", 16,
     "MODEL.AUX_HEAD_3.CONVS_DIM", 32, "MODEL.AUX_HEAD_4.CONVS_DIM", 64,
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5])
+# CGNet at a quarter of its widths and depth (the same graph); 19 classes (the class weights)
+CGNET = ("cgnet", [
+    "MODEL.CGNET.NORM", "BN", "MODEL.CGNET.NUM_CHANNELS", [8, 16, 32], "MODEL.CGNET.NUM_BLOCKS",
+    [2, 3], "MODEL.CGNET.REDUCTIONS", [4, 8], "MODEL.SEM_SEG_HEAD.CONVS_DIM", 64])
+# ERFNet at a quarter of its widths and fewer blocks (dilations kept): the same graph
+ERFNET = ("erfnet_fcn", [
+    "MODEL.ERFNET.ENC_DOWNSAMPLE_CHANNELS", [4, 16, 32], "MODEL.ERFNET.ENC_STAGE_NON_BOTTLENECKS",
+    [1, 4], "MODEL.ERFNET.DEC_NON_BOTTLENECK_CHANNELS", [16, 4],
+    "MODEL.ERFNET.DEC_STAGES_NON_BOTTLENECK", [1, 1], "MODEL.SEM_SEG_HEAD.CONVS_DIM", 32,
     "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5])
 LRASPP_SMALL = ("lraspp_m-v3-d8", [
     "MODEL.MOBILENET_V3.NORM", "BN", "MODEL.MOBILENET_V3.ARCH", "small",
@@ -95,6 +105,62 @@ def test_bisenetv2_config_errors_name_the_key():
         build_model(_cfg(BISENETV2, ["MODEL.BISENETV2.OUT_FEATURES", ["bga", "stage5"]]))
 
 
+def test_cgnet_outputs_init_and_losses():
+    model = build_model(_cfg(CGNET))
+    shapes = model.backbone.output_shape()
+    assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {
+        "stage0": (8 + 3, 2), "stage1": (2 * 16 + 3, 4), "stage2": (64, 8)}
+    # mmseg's init_cfg: PReLU slopes 0, norms 1/0, Kaiming fan_out (std sqrt(2 / fan_out))
+    prelus = [m for m in model.backbone.modules() if isinstance(m, nn.PReLU)]
+    assert prelus and all((m.weight == 0).all() for m in prelus)
+    fc = model.backbone.level2[1].f_glo.fc[0]
+    assert abs(fc.weight.std().item() / (2 / fc.out_features) ** 0.5 - 1) < 0.3
+    assert model.decode_head.class_weight.shape == (19,)
+    # its own state_dict is not taken for an mmseg one (whose decode head has no ConvModule)
+    from d2seg.checkpoint.convert import looks_like_mmseg, mmseg_layout
+    assert not looks_like_mmseg(model.state_dict())
+    assert not mmseg_layout({"backbone.stem.0.conv.weight": 0})["is_resnet"]
+    assert mmseg_layout({"backbone.stem.0.weight": 0})["is_resnet"]  # ResNetV1c's stem
+    label = torch.randint(0, 19, (2, 64, 64))
+    label[:, :8] = 255
+    losses = model([{"image": torch.rand(3, 64, 64) * 255, "sem_seg": y} for y in label])
+    assert set(losses) == {"loss_sem_seg"} and torch.isfinite(losses["loss_sem_seg"])
+
+
+def test_cgnet_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"NUM_CHANNELS=\[8, 15, 32\] must be even"):
+        build_model(_cfg(CGNET, ["MODEL.CGNET.NUM_CHANNELS", [8, 15, 32]]))
+    with pytest.raises(ValueError, match=r"NUM_BLOCKS=\[2\] needs 2 positive values"):
+        build_model(_cfg(CGNET, ["MODEL.CGNET.NUM_BLOCKS", [2]]))
+    with pytest.raises(ValueError, match="CONVS_DIM"):  # FCNHead without convs: width 2 x 32
+        build_model(_cfg(CGNET, ["MODEL.SEM_SEG_HEAD.CONVS_DIM", 32]))
+
+
+def test_erfnet_outputs_and_losses():
+    model = build_model(_cfg(ERFNET))
+    shapes = model.backbone.output_shape()
+    assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {"decoder": (4, 2)}
+    assert not model.auxiliary_heads
+    enc = model.backbone.encoder
+    assert [b.convs_layers[5].dilation for b in enc[-4:]] == [(d, 1) for d in (2, 4, 8, 16)]
+    label = torch.randint(0, 5, (2, 66, 98))
+    label[:, :8] = 255
+    losses = model([{"image": torch.rand(3, 66, 98) * 255, "sem_seg": y} for y in label])
+    assert set(losses) == {"loss_sem_seg"}
+    assert torch.isfinite(losses["loss_sem_seg"]) and losses["loss_sem_seg"] > 0
+
+
+def test_erfnet_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"ENC_STAGE_NON_BOTTLENECKS\[-1\]=3 must be a multiple"):
+        build_model(_cfg(ERFNET, ["MODEL.ERFNET.ENC_STAGE_NON_BOTTLENECKS", [1, 3]]))
+    with pytest.raises(ValueError, match="ENC_STAGE_NON_BOTTLENECKS=.* one value fewer"):
+        build_model(_cfg(ERFNET, ["MODEL.ERFNET.ENC_STAGE_NON_BOTTLENECKS", [4]]))
+    with pytest.raises(ValueError, match="DEC_NON_BOTTLENECK_CHANNELS=.* one value fewer"):
+        build_model(_cfg(ERFNET, ["MODEL.ERFNET.DEC_NON_BOTTLENECK_CHANNELS", [4]]))
+    with pytest.raises(ValueError, match="must widen its input, got 16 -> 16"):
+        build_model(_cfg(ERFNET, ["MODEL.ERFNET.ENC_DOWNSAMPLE_CHANNELS", [4, 16, 16]]))
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="MODEL.AUX_HEAD_2.NAME is set but MODEL.AUX_HEAD.NAME"):
         build_model(_cfg(FAST_SCNN, ["MODEL.AUX_HEAD.NAME", ""]))
@@ -111,7 +177,10 @@ def test_config_errors_name_the_key():
     # TF "SAME" padding of the stride-2 convs differs at odd / even sizes: both are checked
     (LRASPP_SMALL, [(1, 400, 416), (2, 393, 459)]),
     (BISENETV2, [(1, 64, 96), (2, 67, 101)]),
-], ids=["fast_scnn", "lraspp_small", "bisenetv2"])
+    (CGNET, [(1, 64, 96), (2, 67, 101)]),
+    # odd sizes take the downsamplers' resize of the pool to the conv's size
+    (ERFNET, [(1, 64, 96), (2, 65, 97)]),
+], ids=["fast_scnn", "lraspp_small", "bisenetv2", "cgnet", "erfnet"])
 def test_onnx_dynamic_export_matches_pytorch(spec, sizes, tmp_path):
     pytest.importorskip("onnxruntime")
     from d2seg.export.exporters import export, verify_export

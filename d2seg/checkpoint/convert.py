@@ -90,12 +90,13 @@ def unwrap_state_dict(data: Any, filename: str = "<checkpoint>") -> Tuple[Dict, 
 
 def looks_like_mmseg(sd: Dict[str, Any]) -> bool:
     """An mmseg segmentor's state_dict: ``auxiliary_head.`` keys, or ``decode_head.`` keys with
-    mmcv ``ConvModule`` names (``.conv.weight``, ``.bn.weight``; every mmseg head has one), which
-    d2seg's names never contain."""
+    mmcv ``ConvModule`` names (``.conv.weight``, ``.bn.weight``; every mmseg head has one but
+    CGNet's convless FCNHead, whose backbone has ``.bn.``), which d2seg's names never contain."""
     if any(k.startswith("auxiliary_head.") for k in sd):
         return True
-    return any(
-        k.startswith("decode_head.") and re.search(r"\.(conv\.weight|bn\.weight|gn\.weight)$", k)
+    return any(k.startswith("decode_head.") for k in sd) and any(
+        re.search(r"\.(bn|gn)\.weight$", k)
+        or (k.startswith("decode_head.") and re.search(r"\.conv\.weight$", k))
         for k in sd
     )
 
@@ -114,9 +115,11 @@ def mmseg_layout(sd: Dict[str, Any]) -> Dict[str, bool]:
     ``decode_head.{0,1}``) and ``is_resnet`` (mmseg ResNet names; HRNet and MiT keep their
     names)."""
     is_hrnet = any(k.startswith(("backbone.transition1.", "backbone.stage2.")) for k in sd)
-    # ResNet blocks are backbone.layerN.<block>.*; MobileNetV3's backbone.layerN.<module> are not
+    # ResNet blocks are backbone.layerN.<block>.*; MobileNetV3's backbone.layerN.<module> are not;
+    # the V1c stem holds plain convs / BNs (CGNet's backbone.stem.N are ConvModules: .conv/.bn)
     is_resnet = not is_hrnet and any(
-        re.match(r"backbone\.(layer1\.\d+\.|stem\.|conv1\.)", k) for k in sd
+        re.match(r"backbone\.(layer1\.\d+\.|stem\.\d+\.(?!conv\.|bn\.|activate\.)|conv1\.)",
+                 k) for k in sd
     )
     is_cascade = any(k.startswith("decode_head.0.") for k in sd) and any(
         k.startswith("decode_head.1.") for k in sd

@@ -1,7 +1,8 @@
-"""Fast-SCNN, MobileNetV3 + LR-ASPP (large and small) and BiSeNetV2: d2seg vs MMSegmentation 0.30
-with the same (randomised) weights, loaded from an mmseg-format checkpoint file through
+"""Fast-SCNN, MobileNetV3 + LR-ASPP (large and small), BiSeNetV2, ERFNet and CGNet: d2seg vs
+MMSegmentation 0.30 with the same (randomised) weights, loaded from an mmseg-format checkpoint file through
 SegCheckpointer. Logits at odd sizes in eval mode, and the training losses of every head
-(Fast-SCNN's three sigmoid-BCE losses, BiSeNetV2's five cross-entropy losses)."""
+(Fast-SCNN's three sigmoid-BCE losses, BiSeNetV2's five cross-entropy losses, ERFNet's one,
+CGNet's class-weighted one)."""
 import pytest
 import torch
 
@@ -19,6 +20,8 @@ FAST_SCNN = ("fastscnn/fast_scnn_lr0.12_8x4_160k_cityscapes", "fast_scnn",
              ["MODEL.FAST_SCNN.NORM", "BN"])
 BISENETV2 = ("bisenetv2/bisenetv2_fcn_4x4_1024x1024_160k_cityscapes", "bisenetv2",
              ["MODEL.AUX_HEAD_3.NORM", "BN", "MODEL.AUX_HEAD_4.NORM", "BN"])
+ERFNET = ("erfnet/erfnet_fcn_4x4_512x1024_160k_cityscapes", "erfnet_fcn", [])
+CGNET = ("cgnet/cgnet_512x1024_60k_cityscapes", "cgnet", ["MODEL.CGNET.NORM", "BN"])
 LRASPP = ("mobilenet_v3/lraspp_m-v3-d8_512x1024_320k_cityscapes", "lraspp_m-v3-d8",
           ["MODEL.MOBILENET_V3.NORM", "BN"])
 LRASPP_SMALL = ("mobilenet_v3/lraspp_m-v3s-d8_512x1024_320k_cityscapes", "lraspp_m-v3-d8",
@@ -58,8 +61,9 @@ def _assert_model_matches(ref, model, feature_names, size=(130, 194)):
     assert len(ref_feats) == len(feature_names)
     for name, r in zip(feature_names, ref_feats):
         _assert_close(feats[name], r)
-    assert len(model.auxiliary_heads) == len(ref.auxiliary_head)
-    for head, ref_head in zip(model.auxiliary_heads, ref.auxiliary_head):
+    ref_aux = ref.auxiliary_head if ref.with_auxiliary_head else []  # (ERFNet: none)
+    assert len(model.auxiliary_heads) == len(ref_aux)
+    for head, ref_head in zip(model.auxiliary_heads, ref_aux):
         _assert_close(head(feats)[0], ref_head(ref_feats))
 
 
@@ -76,6 +80,24 @@ def test_bisenetv2_matches_mmseg(tmp_path):
     _assert_model_matches(ref, model, ("bga", "stage1", "stage2", "stage3", "stage4"))
 
 
+def test_erfnet_matches_mmseg(tmp_path):
+    ref, model = _pair(ERFNET, tmp_path)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters())
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.eps == 1e-3 for m in bns)  # set inside mmseg's blocks
+    # odd at strides 1, 2, 4 (65x97, 33x49, 17x25): every downsampler resizes its max-pool
+    # (floor size) to its conv's (ceil size)
+    _assert_model_matches(ref, model, ("decoder",), size=(65, 97))
+
+
+def test_cgnet_matches_mmseg(tmp_path):
+    ref, model = _pair(CGNET, tmp_path)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters())
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.eps == 1e-3 for m in bns)  # mmseg's norm_cfg
+    _assert_model_matches(ref, model, ("stage0", "stage1", "stage2"), size=(131, 197))
+
+
 @pytest.mark.parametrize("spec,size", [(LRASPP, (401, 419)), (LRASPP_SMALL, (393, 455))],
                          ids=["large", "small"])
 def test_lraspp_matches_mmseg(spec, size, tmp_path):
@@ -87,11 +109,12 @@ def test_lraspp_matches_mmseg(spec, size, tmp_path):
         _assert_close(model.encode_decode(img), ref.encode_decode(img, [{}]))
 
 
-@pytest.mark.parametrize("spec,num_aux", [(FAST_SCNN, 2), (BISENETV2, 4)],
-                         ids=["fast_scnn", "bisenetv2"])
+@pytest.mark.parametrize("spec,num_aux", [(FAST_SCNN, 2), (BISENETV2, 4), (ERFNET, 0),
+                                          (CGNET, 0)],
+                         ids=["fast_scnn", "bisenetv2", "erfnet", "cgnet"])
 def test_training_losses_match_mmseg(spec, num_aux, tmp_path):
-    """BN in training mode, dropout off: the decode and every auxiliary loss (Fast-SCNN's
-    sigmoid BCE, BiSeNetV2's cross-entropy)."""
+    """BN in training mode, dropout off (the heads' and ERFNet's blocks'): the decode and every
+    auxiliary loss (Fast-SCNN's sigmoid BCE, BiSeNetV2's and ERFNet's cross-entropy)."""
     ref, model = _pair(spec, tmp_path)
     g = torch.Generator().manual_seed(1)
     img = torch.randn(2, 3, 66, 98, generator=g)
@@ -100,11 +123,11 @@ def test_training_losses_match_mmseg(spec, num_aux, tmp_path):
     ref.train()
     model.train()
     for m in list(ref.modules()) + list(model.modules()):
-        if isinstance(m, torch.nn.Dropout2d):
+        if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d)):
             m.eval()
     expected = ref.forward_train(img, [{}] * 2, label[:, None])
     got = model.compute_losses(model.backbone(img), label)
-    pairs = [("loss_sem_seg", "decode.loss_ce"), ("loss_aux", "aux_0.loss_ce")]
+    pairs = [("loss_sem_seg", "decode.loss_ce")] + [("loss_aux", "aux_0.loss_ce")] * (num_aux > 0)
     pairs += [(f"loss_aux_{i + 1}", f"aux_{i}.loss_ce") for i in range(1, num_aux)]
     assert set(got) == {k for k, _ in pairs}
     for ours, theirs in pairs:

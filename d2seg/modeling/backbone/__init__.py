@@ -6,3 +6,5 @@ from .mobilenet_v3 import build_mobilenet_v3_backbone  # noqa: F401
 from .bisenetv2 import build_bisenetv2_backbone  # noqa: F401
 from .swin import build_swin_backbone  # noqa: F401
 from .stdc import build_stdc_backbone  # noqa: F401
+from .erfnet import build_erfnet_backbone  # noqa: F401
+from .cgnet import build_cgnet_backbone  # noqa: F401
