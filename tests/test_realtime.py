@@ -35,6 +35,12 @@ LRASPP_SMALL = ("lraspp_m-v3-d8", [
     "MODEL.SEM_SEG_HEAD.IN_FEATURES", ["layer0", "layer1", "layer12"],
     "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5])
 
+# MobileNetV2 + FCN at a quarter of its widths (strides and dilations kept): the same graph
+FCN_MV2 = ("fcn_m-v2-d8", [
+    "MODEL.MOBILENET_V2.NORM", "BN", "MODEL.MOBILENET_V2.WIDEN_FACTOR", 0.25,
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", 16, "MODEL.AUX_HEAD.CONVS_DIM", 8,
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5])
+
 
 def _cfg(spec, opts=()):
     yaml, extra = spec
@@ -161,6 +167,58 @@ def test_erfnet_config_errors_name_the_key():
         build_model(_cfg(ERFNET, ["MODEL.ERFNET.ENC_DOWNSAMPLE_CHANNELS", [4, 16, 16]]))
 
 
+def test_mobilenet_v2_outputs_init_and_losses():
+    model = build_model(_cfg(FCN_MV2))
+    shapes = model.backbone.output_shape()
+    assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {
+        "layer2": (8, 4), "layer3": (8, 8), "layer5": (24, 8), "layer7": (80, 8)}
+    bb = model.backbone
+    # mmseg: a layer's dilation applies to its first block only; depthwise padding = dilation
+    assert [blk.conv[1].dilation for blk in bb.layer6] == [(4, 4), (1, 1), (1, 1)]
+    assert [blk.conv[1].padding for blk in bb.layer6] == [(4, 4), (1, 1), (1, 1)]
+    assert len(bb.layer1[0].conv) == 2 and not bb.layer2[0].use_res_connect  # no expand; stride 2
+    assert bb.layer2[1].use_res_connect
+    # mmseg's init_cfg: Kaiming fan_out (std sqrt(2 / fan_out)), norms 1/0
+    w = bb.layer7[0].conv[0].weight
+    assert abs(w.std().item() / (2 / w.shape[0]) ** 0.5 - 1) < 0.2
+    assert all((m.weight == 1).all() and (m.bias == 0).all()
+               for m in bb.modules() if isinstance(m, nn.BatchNorm2d))
+    from d2seg.checkpoint.convert import looks_like_mmseg
+    assert not looks_like_mmseg(model.state_dict())
+    label = torch.randint(0, 5, (2, 66, 98))
+    label[:, :8] = 255
+    losses = model([{"image": torch.rand(3, 66, 98) * 255, "sem_seg": y} for y in label])
+    assert set(losses) == {"loss_sem_seg", "loss_aux"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+
+
+def test_mobilenet_v2_checkpoint_is_not_taken_for_a_resnet():
+    from d2seg.checkpoint.convert import mmseg_layout
+    from d2seg.checkpoint.mmseg import convert_mmseg_key
+    mv2 = {"backbone.conv1.conv.weight": 0, "backbone.conv1.bn.weight": 0,
+           "backbone.layer1.0.conv.0.conv.weight": 0, "backbone.layer1.0.conv.1.bn.bias": 0}
+    layout = mmseg_layout(mv2)
+    assert not layout["is_resnet"]
+    assert sorted(convert_mmseg_key(k, **layout) for k in mv2) == [
+        "backbone.conv1.norm.weight", "backbone.conv1.weight",
+        "backbone.layer1.0.conv.0.weight", "backbone.layer1.0.conv.1.norm.bias"]
+    # ResNets still are: V1b stem conv1 / bn1, and blocks layer1.N.conv1 / bn1 / downsample
+    assert mmseg_layout({"backbone.conv1.weight": 0})["is_resnet"]
+    assert mmseg_layout({"backbone.layer1.0.conv1.weight": 0})["is_resnet"]
+    assert mmseg_layout({"backbone.layer1.0.downsample.0.weight": 0})["is_resnet"]
+
+
+def test_mobilenet_v2_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"STRIDES=\[1, 2, 3, 1, 1, 1, 1\] must be 7 values"):
+        build_model(_cfg(FCN_MV2, ["MODEL.MOBILENET_V2.STRIDES", [1, 2, 3, 1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match=r"DILATIONS=\[1, 1\] must be 7"):
+        build_model(_cfg(FCN_MV2, ["MODEL.MOBILENET_V2.DILATIONS", [1, 1]]))
+    with pytest.raises(ValueError, match="WIDEN_FACTOR=0.0 must be > 0"):
+        build_model(_cfg(FCN_MV2, ["MODEL.MOBILENET_V2.WIDEN_FACTOR", 0.0]))
+    with pytest.raises(ValueError, match=r"OUT_FEATURES \['layer8'\]"):
+        build_model(_cfg(FCN_MV2, ["MODEL.MOBILENET_V2.OUT_FEATURES", ["layer8"]]))
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="MODEL.AUX_HEAD_2.NAME is set but MODEL.AUX_HEAD.NAME"):
         build_model(_cfg(FAST_SCNN, ["MODEL.AUX_HEAD.NAME", ""]))
@@ -180,7 +238,8 @@ def test_config_errors_name_the_key():
     (CGNET, [(1, 64, 96), (2, 67, 101)]),
     # odd sizes take the downsamplers' resize of the pool to the conv's size
     (ERFNET, [(1, 64, 96), (2, 65, 97)]),
-], ids=["fast_scnn", "lraspp_small", "bisenetv2", "cgnet", "erfnet"])
+    (FCN_MV2, [(1, 64, 96), (2, 67, 101)]),
+], ids=["fast_scnn", "lraspp_small", "bisenetv2", "cgnet", "erfnet", "fcn_m-v2"])
 def test_onnx_dynamic_export_matches_pytorch(spec, sizes, tmp_path):
     pytest.importorskip("onnxruntime")
     from d2seg.export.exporters import export, verify_export

@@ -116,10 +116,11 @@ def mmseg_layout(sd: Dict[str, Any]) -> Dict[str, bool]:
     names)."""
     is_hrnet = any(k.startswith(("backbone.transition1.", "backbone.stage2.")) for k in sd)
     # ResNet blocks are backbone.layerN.<block>.*; MobileNetV3's backbone.layerN.<module> are not;
-    # the V1c stem holds plain convs / BNs (CGNet's backbone.stem.N are ConvModules: .conv/.bn)
+    # the V1c stem holds plain convs / BNs (CGNet's backbone.stem.N are ConvModules: .conv/.bn);
+    # MobileNetV2's stem conv1 and blocks layer1.N.conv.M are ConvModules too (.conv. follows)
     is_resnet = not is_hrnet and any(
-        re.match(r"backbone\.(layer1\.\d+\.|stem\.\d+\.(?!conv\.|bn\.|activate\.)|conv1\.)",
-                 k) for k in sd
+        re.match(r"backbone\.(layer1\.\d+\.(?!conv\.)|stem\.\d+\.(?!conv\.|bn\.|activate\.)"
+                 r"|conv1\.(?!conv\.|bn\.|activate\.))", k) for k in sd
     )
     is_cascade = any(k.startswith("decode_head.0.") for k in sd) and any(
         k.startswith("decode_head.1.") for k in sd

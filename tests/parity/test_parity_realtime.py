@@ -28,6 +28,8 @@ LRASPP_SMALL = ("mobilenet_v3/lraspp_m-v3s-d8_512x1024_320k_cityscapes", "lraspp
                 ["MODEL.MOBILENET_V3.NORM", "BN", "MODEL.MOBILENET_V3.ARCH", "small",
                  "MODEL.MOBILENET_V3.OUT_FEATURES", ["layer0", "layer1", "layer12"],
                  "MODEL.SEM_SEG_HEAD.IN_FEATURES", ["layer0", "layer1", "layer12"]])
+FCN_MV2 = ("mobilenet_v2/fcn_m-v2-d8_512x1024_80k_cityscapes", "fcn_m-v2-d8",
+           ["MODEL.MOBILENET_V2.NORM", "BN"])
 
 
 def _pair(spec, tmp_path):
@@ -62,6 +64,8 @@ def _assert_model_matches(ref, model, feature_names, size=(130, 194)):
     for name, r in zip(feature_names, ref_feats):
         _assert_close(feats[name], r)
     ref_aux = ref.auxiliary_head if ref.with_auxiliary_head else []  # (ERFNet: none)
+    if isinstance(ref_aux, torch.nn.Module) and not isinstance(ref_aux, torch.nn.ModuleList):
+        ref_aux = [ref_aux]  # mmseg keeps a single auxiliary head bare (FCN on MobileNetV2)
     assert len(model.auxiliary_heads) == len(ref_aux)
     for head, ref_head in zip(model.auxiliary_heads, ref_aux):
         _assert_close(head(feats)[0], ref_head(ref_feats))
@@ -98,6 +102,13 @@ def test_cgnet_matches_mmseg(tmp_path):
     _assert_model_matches(ref, model, ("stage0", "stage1", "stage2"), size=(131, 197))
 
 
+def test_fcn_mobilenet_v2_matches_mmseg(tmp_path):
+    ref, model = _pair(FCN_MV2, tmp_path)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters())
+    # mmseg's out_indices (1, 2, 4, 6); odd at strides 2, 4, 8 (33x49, 17x25, 9x13)
+    _assert_model_matches(ref, model, ("layer2", "layer3", "layer5", "layer7"), size=(65, 97))
+
+
 @pytest.mark.parametrize("spec,size", [(LRASPP, (401, 419)), (LRASPP_SMALL, (393, 455))],
                          ids=["large", "small"])
 def test_lraspp_matches_mmseg(spec, size, tmp_path):
@@ -110,8 +121,8 @@ def test_lraspp_matches_mmseg(spec, size, tmp_path):
 
 
 @pytest.mark.parametrize("spec,num_aux", [(FAST_SCNN, 2), (BISENETV2, 4), (ERFNET, 0),
-                                          (CGNET, 0)],
-                         ids=["fast_scnn", "bisenetv2", "erfnet", "cgnet"])
+                                          (CGNET, 0), (FCN_MV2, 1)],
+                         ids=["fast_scnn", "bisenetv2", "erfnet", "cgnet", "fcn_m-v2"])
 def test_training_losses_match_mmseg(spec, num_aux, tmp_path):
     """BN in training mode, dropout off (the heads' and ERFNet's blocks'): the decode and every
     auxiliary loss (Fast-SCNN's sigmoid BCE, BiSeNetV2's and ERFNet's cross-entropy)."""
@@ -127,7 +138,8 @@ def test_training_losses_match_mmseg(spec, num_aux, tmp_path):
             m.eval()
     expected = ref.forward_train(img, [{}] * 2, label[:, None])
     got = model.compute_losses(model.backbone(img), label)
-    pairs = [("loss_sem_seg", "decode.loss_ce")] + [("loss_aux", "aux_0.loss_ce")] * (num_aux > 0)
+    aux0 = "aux.loss_ce" if num_aux == 1 else "aux_0.loss_ce"  # (mmseg: a bare single head)
+    pairs = [("loss_sem_seg", "decode.loss_ce")] + [("loss_aux", aux0)] * (num_aux > 0)
     pairs += [(f"loss_aux_{i + 1}", f"aux_{i}.loss_ce") for i in range(1, num_aux)]
     assert set(got) == {k for k, _ in pairs}
     for ours, theirs in pairs:

@@ -8,3 +8,4 @@ from .swin import build_swin_backbone  # noqa: F401
 from .stdc import build_stdc_backbone  # noqa: F401
 from .erfnet import build_erfnet_backbone  # noqa: F401
 from .cgnet import build_cgnet_backbone  # noqa: F401
+from .mobilenet_v2 import build_mobilenet_v2_backbone  # noqa: F401

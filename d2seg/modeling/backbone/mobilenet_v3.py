@@ -141,7 +141,27 @@ class InvertedResidualV3(nn.Module):
         return x + out if self.with_res_shortcut else out
 
 
-class MobileNetV3(Backbone):
+class LayerSequenceBackbone(Backbone):
+    """A backbone that runs its children ``layer_names`` in order and returns those named in
+    ``out_features`` (stopping after the last one); shared by MobileNetV2 and V3."""
+
+    def _set_layer_outputs(self, names, channels, strides, out_features):
+        self.layer_names = list(names)
+        self._out_features = list(out_features)
+        self._out_feature_channels = {f: channels[f] for f in out_features}
+        self._out_feature_strides = {f: strides[f] for f in out_features}
+        self._last = max(names.index(f) for f in out_features)
+
+    def _run_layers(self, x: torch.Tensor):
+        outs = {}
+        for name in self.layer_names[: self._last + 1]:
+            x = getattr(self, name)(x)
+            if name in self._out_feature_channels:
+                outs[name] = x
+        return outs
+
+
+class MobileNetV3(LayerSequenceBackbone):
     """mmseg's MobileNetV3 (OS8); from scratch convs are Kaiming (fan_out, ReLU), norms 1/0."""
 
     def __init__(self, arch: str = "large", *, in_channels: int = 3, norm="BN",
@@ -177,19 +197,10 @@ class MobileNetV3(Backbone):
         # mmseg's last 1x1 ConvModule (dilation 4 on a 1x1 kernel: no effect)
         self.add_module(last, _conv(cin, 576 if arch == "small" else 960, 1, norm, F.hardswish))
         channels[last], stride[last] = (576 if arch == "small" else 960), total
-        self.layer_names = names
-        self._out_features = list(out_features)
-        self._out_feature_channels = {f: channels[f] for f in out_features}
-        self._out_feature_strides = {f: stride[f] for f in out_features}
-        self._last = max(names.index(f) for f in out_features)
+        self._set_layer_outputs(names, channels, stride, out_features)
 
     def forward(self, x: torch.Tensor):
-        outs = {}
-        for name in self.layer_names[: self._last + 1]:
-            x = getattr(self, name)(x)
-            if name in self._out_feature_channels:
-                outs[name] = x
-        return outs
+        return self._run_layers(x)
 
 
 @BACKBONE_REGISTRY.register()
