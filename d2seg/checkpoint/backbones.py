@@ -34,7 +34,8 @@ Detectron2's own name matching in SegCheckpointer); the ImageNet classifier is d
 - mmcls / mmpretrain: ``backbone.`` + one of the above; drops ``head.*``.
 """
 import re
-from typing import Dict, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Pattern, Tuple, Union
 
 import torch
 
@@ -44,31 +45,56 @@ __all__ = [
     "detect_backbone_format", "convert_backbone_state_dict", "convert_mit_official",
     "convert_swin_official",
     "CLASSIFIER_KEYS", "backbone_weights_prefix", "convert_stdc_official",
+    "WeightFormat", "register_weight_format",
 ]
 
 # ImageNet classifier parts of the source models, which d2seg does not have
 CLASSIFIER_KEYS = re.compile(
     r"^(fc|fc1000|head|classifier|incre_modules|downsamp_modules|final_layer)\."
 )
-FORMAT_NAMES = {
-    "resnet_v1c": "open-mmlab ResNetV1c",
-    "resnet": "torchvision ResNet",
-    "hrnet": "HRNetV2 ImageNet",
-    "detectron2_resnet": "Detectron2 ResNet",
-    "mit_official": "SegFormer MiT (NVlabs)",
-    "mit": "SegFormer MiT (mmseg)",
-    "swin_official": "Swin Transformer (Microsoft)",
-    "swin": "Swin Transformer (mmseg)",
-    "stdc_official": "STDC (official)",
-    "stdc": "STDC (mmseg)",
-}
-# formats whose weights cover only part of d2seg's backbone module: the model keys they fill
-# (the rest of the backbone keeps its initialisation, as in mmseg's backbone_cfg init_cfg)
-_PARTIAL_BACKBONE = {"stdc_official": "backbone.backbone.", "stdc": "backbone.backbone."}
-# (a tuple of prefixes, as str.startswith takes: Swin's per-output norm0..3 are not in ImageNet
-# weights and keep their LayerNorm 1/0 initialisation, as in mmseg)
-_PARTIAL_BACKBONE.update(dict.fromkeys(("swin_official", "swin"),
-                                       ("backbone.patch_embed.", "backbone.stages.")))
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """One ImageNet backbone layout: how to recognise a state_dict of it and turn it into d2seg's
+    ``backbone.*`` keys. A model family registers its own with :func:`register_weight_format`,
+    in its module."""
+
+    name: str  # short id, e.g. "swin_official" (reported, and accepted as ``fmt``)
+    title: str  # what the log says, e.g. "Swin Transformer (Microsoft)"
+    detect: Callable[[Dict[str, torch.Tensor]], bool]
+    # source layout -> mmseg's backbone layout (names under the backbone module); None = same
+    convert: Optional[Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]] = None
+    # source keys the segmentation backbone has no use for (beyond CLASSIFIER_KEYS): skipped
+    unused: Optional[Pattern] = None
+    # after ``convert``: keys kept (None = all but classifier/unused); the others are skipped
+    kept: Optional[Pattern] = None
+    # where the kept keys go in the model: "backbone." + key, or e.g. "backbone.backbone." for
+    # weights of a network nested in d2seg's backbone module (STDC's context path)
+    model_prefix: str = "backbone."
+    # model keys these weights fill (reported: the rest of the backbone keeps its init, as in
+    # mmseg): a prefix or a tuple of prefixes; None = model_prefix
+    fills: Optional[Union[str, Tuple[str, ...]]] = None
+    # the torchvision/open-mmlab ResNet key renaming of d2seg.checkpoint.mmseg
+    is_resnet: bool = False
+
+
+# registered formats, tried in order by detect_backbone_format; the generic ResNet layouts
+# (_FALLBACK) are tried after every family's own
+_FORMATS: Dict[str, WeightFormat] = {}
+_FALLBACK = ("resnet_v1c", "resnet", "detectron2_resnet")
+
+
+def register_weight_format(fmt: WeightFormat) -> WeightFormat:
+    """Adds (or replaces) a backbone weight layout; see :class:`WeightFormat`."""
+    _FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def _has(sd, prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in sd)
+
+
 # stdc2mmseg.py's official ``features.{i}`` -> mmseg ``stages.{...}``, by STDC1's / STDC2's
 # number of feature modules
 _STDC_STAGES = {
@@ -78,13 +104,16 @@ _STDC_STAGES = {
 }
 # parts of Swin's ImageNet model that the segmentation backbone does not have (both layouts)
 SWIN_UNUSED = re.compile(r"^(norm\.(weight|bias)$|(layers|stages)\.\d+\.blocks\.\d+\.attn_mask$)")
+# (Swin's per-output norm0..3 are not in ImageNet weights and keep their LayerNorm 1/0 init)
+_SWIN_FILLS = ("backbone.patch_embed.", "backbone.stages.")
+_STDC_KEPT = re.compile(r"^(stages|final_conv)\.")
 _HEADS = ("decode_head.", "auxiliary_head.", "auxiliary_heads.", "cascade_head.")
 
 
 def detect_backbone_format(sd: Dict[str, torch.Tensor]) -> Optional[str]:
-    """``resnet_v1c``, ``resnet``, ``hrnet``, ``detectron2_resnet``, ``mit_official``, ``mit``,
-    ``stdc_official``, ``stdc``, ``swin_official``, ``swin``, ``mmcls:<format>`` or None
-    (not a bare ImageNet backbone: a segmentor, or unknown)."""
+    """The name of the registered layout ``sd`` is in (``resnet_v1c``, ``mit_official``,
+    ``swin``, ...), ``mmcls:<name>`` for one under ``backbone.``, or None (not a bare ImageNet
+    backbone: a segmentor, or unknown)."""
     if any(k.startswith(_HEADS) for k in sd):
         return None
     if any(k.startswith("backbone.") for k in sd):
@@ -94,34 +123,17 @@ def detect_backbone_format(sd: Dict[str, torch.Tensor]) -> Optional[str]:
             {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
         )
         return f"mmcls:{inner}" if inner else None
-    has = lambda prefix: any(k.startswith(prefix) for k in sd)  # noqa: E731
-    if has("transition1.") or has("stage2."):
-        return "hrnet"
-    if has("patch_embed1.") and has("block1."):
-        return "mit_official"
-    if "layers.0.0.projection.weight" in sd:
-        return "mit"
-    if has("features.") and any(".conv_list." in k for k in sd):
-        return "stdc_official"
-    if "stages.0.conv.weight" in sd and has("stages.2.0.layers."):
-        return "stdc"
-    if "patch_embed.proj.weight" in sd and has("layers.0.blocks."):
-        return "swin_official"
-    if "patch_embed.projection.weight" in sd and has("stages.0.blocks."):
-        return "swin"
-    if "stem.0.weight" in sd and has("layer1."):
-        return "resnet_v1c"
-    if "conv1.weight" in sd and has("layer1."):
-        return "resnet"
-    if has("stem.conv1.") and has("res2."):
-        return "detectron2_resnet"
+    order = [n for n in _FORMATS if n not in _FALLBACK] + [n for n in _FALLBACK if n in _FORMATS]
+    for name in order:
+        if _FORMATS[name].detect(sd):
+            return name
     return None
 
 
 def convert_backbone_state_dict(
     sd: Dict[str, torch.Tensor], fmt: Optional[str] = None
 ) -> Tuple[Dict[str, torch.Tensor], List[str], str]:
-    """``(d2seg state_dict under backbone., skipped source keys, format name)``."""
+    """``(d2seg state_dict under backbone., skipped source keys, format title)``."""
     fmt = fmt or detect_backbone_format(sd)
     if fmt is None:
         raise ValueError(f"not a known backbone checkpoint layout (first keys: {sorted(sd)[:5]})")
@@ -131,30 +143,24 @@ def convert_backbone_state_dict(
         out, inner_skipped, name = convert_backbone_state_dict(inner, fmt[len("mmcls:"):])
         skipped = sorted(set(skipped) | {f"backbone.{k}" for k in inner_skipped})
         return out, skipped, f"mmcls/{name}"
-    if fmt == "mit_official":
-        sd = convert_mit_official(sd)
-    if fmt in ("stdc_official", "stdc"):
-        if fmt == "stdc_official":
-            sd = convert_stdc_official(sd)
-        kept = re.compile(r"^(stages|final_conv)\.")
-        skipped = sorted(k for k in sd if not kept.match(k))
-        out = {convert_mmseg_key("backbone.backbone." + k, is_resnet=False): v
-               for k, v in sd.items() if kept.match(k)}
-        return out, skipped, FORMAT_NAMES[fmt]
-    unused = SWIN_UNUSED if fmt in ("swin_official", "swin") else None
-    if unused:
-        skipped += [k for k in sd if unused.match(k)]
-    if fmt == "swin_official":
-        sd = convert_swin_official(sd)
+    spec = _FORMATS[fmt]
+    if spec.unused is not None:
+        skipped += [k for k in sd if spec.unused.match(k)]
+        sd = {k: v for k, v in sd.items() if not spec.unused.match(k)}
+    if spec.convert is not None:
+        sd = spec.convert(sd)
+    if spec.kept is not None:
+        skipped = sorted(set(skipped) | {k for k in sd if not spec.kept.match(k)})
+        sd = {k: v for k, v in sd.items() if spec.kept.match(k)}
     out = {}
     for k, v in sd.items():
-        if CLASSIFIER_KEYS.match(k) or (unused and unused.match(k)):
+        if CLASSIFIER_KEYS.match(k):
             continue
-        key = "backbone." + k
-        if fmt in ("resnet_v1c", "resnet"):
-            key = convert_mmseg_key(key, is_resnet=True)
+        key = spec.model_prefix + k
+        if spec.is_resnet or spec.model_prefix != "backbone.":
+            key = convert_mmseg_key(key, is_resnet=spec.is_resnet)
         out[key] = v
-    return out, sorted(skipped), FORMAT_NAMES[fmt]
+    return out, sorted(set(skipped)), spec.title
 
 
 def convert_mit_official(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -199,8 +205,10 @@ def backbone_weights_prefix(fmt: Optional[str]) -> Union[str, Tuple[str, ...]]:
     """The model keys that weights of backbone format ``fmt`` fill: ``backbone.``, or prefixes
     of a part of it (STDC's ImageNet weights are those of the STDCNet inside the context path
     network; Swin's lack the per-output norms)."""
-    fmt = (fmt or "").split(":")[-1]
-    return _PARTIAL_BACKBONE.get(fmt, "backbone.")
+    spec = _FORMATS.get((fmt or "").split(":")[-1])
+    if spec is None:
+        return "backbone."
+    return spec.fills or spec.model_prefix
 
 
 def convert_stdc_official(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -254,3 +262,35 @@ def convert_swin_official(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor
             v = _unfold_order(v)
         out[f"stages.{m[1]}.{rest}"] = v
     return out
+
+
+# the layouts of the classic backbones and of the families added before the registry existed,
+# in the order they are told apart (a family module registers its own next to its code)
+for _fmt in (
+    WeightFormat("hrnet", "HRNetV2 ImageNet",
+                 lambda sd: _has(sd, "transition1.") or _has(sd, "stage2.")),
+    WeightFormat("mit_official", "SegFormer MiT (NVlabs)",
+                 lambda sd: _has(sd, "patch_embed1.") and _has(sd, "block1."),
+                 convert=convert_mit_official),
+    WeightFormat("mit", "SegFormer MiT (mmseg)", lambda sd: "layers.0.0.projection.weight" in sd),
+    WeightFormat("stdc_official", "STDC (official)",
+                 lambda sd: _has(sd, "features.") and any(".conv_list." in k for k in sd),
+                 convert=convert_stdc_official, kept=_STDC_KEPT,
+                 model_prefix="backbone.backbone."),
+    WeightFormat("stdc", "STDC (mmseg)",
+                 lambda sd: "stages.0.conv.weight" in sd and _has(sd, "stages.2.0.layers."),
+                 kept=_STDC_KEPT, model_prefix="backbone.backbone."),
+    WeightFormat("swin_official", "Swin Transformer (Microsoft)",
+                 lambda sd: "patch_embed.proj.weight" in sd and _has(sd, "layers.0.blocks."),
+                 convert=convert_swin_official, unused=SWIN_UNUSED, fills=_SWIN_FILLS),
+    WeightFormat("swin", "Swin Transformer (mmseg)",
+                 lambda sd: "patch_embed.projection.weight" in sd and _has(sd, "stages.0.blocks."),
+                 unused=SWIN_UNUSED, fills=_SWIN_FILLS),
+    WeightFormat("resnet_v1c", "open-mmlab ResNetV1c",
+                 lambda sd: "stem.0.weight" in sd and _has(sd, "layer1."), is_resnet=True),
+    WeightFormat("resnet", "torchvision ResNet",
+                 lambda sd: "conv1.weight" in sd and _has(sd, "layer1."), is_resnet=True),
+    WeightFormat("detectron2_resnet", "Detectron2 ResNet",
+                 lambda sd: _has(sd, "stem.conv1.") and _has(sd, "res2.")),
+):
+    register_weight_format(_fmt)

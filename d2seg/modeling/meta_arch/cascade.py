@@ -6,7 +6,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from .encoder_decoder import EncoderDecoder, build_head
+from .encoder_decoder import EncoderDecoder, build_head, feature_shape
 
 __all__ = ["CascadeEncoderDecoder"]
 
@@ -30,7 +30,7 @@ class CascadeEncoderDecoder(EncoderDecoder):
             raise ValueError("CascadeEncoderDecoder needs MODEL.CASCADE_HEAD.NAME (stage 0)")
         ret = super().from_config(cfg)
         ret["cascade_head"] = build_head(
-            cfg, ret["backbone"].output_shape(), cfg.MODEL.CASCADE_HEAD, "loss_cascade"
+            cfg, feature_shape(ret["backbone"], ret["neck"]), cfg.MODEL.CASCADE_HEAD, "loss_cascade"
         )
         return ret
 

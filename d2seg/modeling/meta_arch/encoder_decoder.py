@@ -11,9 +11,10 @@ from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, buil
 
 from ...config import add_head_node_keys, check_detectron2_keys, register_config_keys
 from ..heads.base import resize
+from ..necks import build_neck
 from ..speed import SpeedOptions, autocast_context
 
-__all__ = ["EncoderDecoder", "build_head", "pad_batch", "slide_windows"]
+__all__ = ["EncoderDecoder", "build_head", "feature_shape", "pad_batch", "slide_windows"]
 
 # mmseg's list of auxiliary heads, in its order (checkpoint keys auxiliary_head.{i}):
 # MODEL.AUX_HEAD, then AUX_HEAD_2 (Fast-SCNN's second), AUX_HEAD_3, AUX_HEAD_4 (BiSeNetV2's four)
@@ -36,6 +37,11 @@ def build_head(cfg, input_shape, head_cfg, loss_name: str) -> nn.Module:
     return SEM_SEG_HEADS_REGISTRY.get(head_cfg.NAME)(
         cfg, input_shape, head_cfg=head_cfg, loss_name=loss_name
     )
+
+
+def feature_shape(backbone: nn.Module, neck: Optional[nn.Module]):
+    """ShapeSpecs of the features the heads read: the neck's outputs, else the backbone's."""
+    return (neck or backbone).output_shape()
 
 
 def pad_batch(tensors: Sequence[torch.Tensor], min_size, size_divisibility: int, value: float):
@@ -69,7 +75,7 @@ def slide_windows(h: int, w: int, crop_size, stride):
 
 @META_ARCH_REGISTRY.register()
 class EncoderDecoder(nn.Module):
-    """Backbone -> decode head (+ auxiliary heads, trained only).
+    """Backbone (-> neck) -> decode head (+ auxiliary heads, trained only).
 
     Input: Detectron2's list of dicts with ``image`` (C x H x W, INPUT.FORMAT, 0-255, uint8 from
     d2seg's mappers; normalised here, on the model's device) and, when
@@ -83,6 +89,7 @@ class EncoderDecoder(nn.Module):
         self,
         *,
         backbone: nn.Module,
+        neck: Optional[nn.Module] = None,
         decode_head: nn.Module,
         auxiliary_heads: Sequence[nn.Module] = (),
         pixel_mean: Sequence[float],
@@ -104,6 +111,7 @@ class EncoderDecoder(nn.Module):
                 f"{list(test_crop_size)} and {list(test_stride)}"
             )
         self.backbone = backbone
+        self.neck = neck
         self.decode_head = decode_head
         self.auxiliary_heads = nn.ModuleList(auxiliary_heads)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -127,7 +135,8 @@ class EncoderDecoder(nn.Module):
     def from_config(cls, cfg):
         check_detectron2_keys(cfg)
         backbone = build_backbone(cfg)
-        shape = backbone.output_shape()
+        neck = build_neck(cfg, backbone.output_shape())
+        shape = feature_shape(backbone, neck)
         aux = []
         for i, (node, loss_name) in enumerate(AUX_HEAD_NODES):
             if cfg.MODEL[node].NAME:
@@ -142,6 +151,7 @@ class EncoderDecoder(nn.Module):
             raise ValueError(f"INPUT.CROP.TYPE={crop.TYPE!r}: d2seg crops are 'absolute' (h, w)")
         return {
             "backbone": backbone,
+            "neck": neck,
             "decode_head": build_head(cfg, shape, cfg.MODEL.SEM_SEG_HEAD, "loss_sem_seg"),
             "auxiliary_heads": aux,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -180,7 +190,12 @@ class EncoderDecoder(nn.Module):
             [x["sem_seg"].to(self.device) for x in batched_inputs],
             self.train_pad_size, self.size_divisibility, self.ignore_value,
         )
-        return self.compute_losses(self.backbone(images), targets)
+        return self.compute_losses(self.extract_feat(images), targets)
+
+    def extract_feat(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Backbone features, through the neck when there is one (mmseg's extract_feat)."""
+        features = self.backbone(images)
+        return features if self.neck is None else self.neck(features)
 
     def compute_losses(self, features, targets) -> Dict[str, torch.Tensor]:
         _, losses = self.decode_head(features, targets)
@@ -195,7 +210,7 @@ class EncoderDecoder(nn.Module):
 
     def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised N x C x H x W images -> logits resized to H x W (mmseg's encode_decode)."""
-        return resize(self.decode(self.backbone(images)), images.shape[-2:], self.align_corners)
+        return resize(self.decode(self.extract_feat(images)), images.shape[-2:], self.align_corners)
 
     def slide_inference(self, images: torch.Tensor) -> torch.Tensor:
         """Overlapping windows; each pixel's logits are the mean over the windows covering it."""
