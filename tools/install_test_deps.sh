@@ -18,7 +18,7 @@ if ! have pytest || ! have hypothesis || ! have scipy || ! have onnxruntime || !
   echo "[install] d2seg's test extra (pip install -e '.[test]')"
   "$PY" -m pip install -q -e ".[test]"
 fi
-if have mmseg && have mmcv; then
+if have mmseg && have mmcv && have mmcls; then
   exit 0
 fi
 echo "[install] mmsegmentation 0.30 + mmcv 1.7.2 (test-only reference for the parity tests)"
@@ -27,3 +27,5 @@ echo "[install] mmsegmentation 0.30 + mmcv 1.7.2 (test-only reference for the pa
     matplotlib prettytable
 "$PY" -m pip install -q --no-build-isolation --no-deps mmcv==1.7.2
 "$PY" -m pip install -q --no-build-isolation --no-deps mmsegmentation==0.30.0
+# mmcls 0.25: the reference for mmseg's ConvNeXt and PoolFormer configs (custom_imports mmcls.models)
+"$PY" -m pip install -q --no-build-isolation --no-deps mmcls==0.25.0
