@@ -37,6 +37,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 from benchmark import machine_info  # noqa: E402
 from mmseg_peer import (  # noqa: E402
     build_mmcv_psamask, build_mmseg_model, calibrate_bn_, calibration_images, mmseg_config,
@@ -62,6 +63,26 @@ MODELS = [
     ("FCN-HR18", "hrnet/fcn_hr18_512x1024_40k_cityscapes", "fcn_hr18"),
     ("OCRNet-HR18", "ocrnet/ocrnet_hr18_512x1024_40k_cityscapes", "ocrnet_hr18"),
 ]
+# the transformer families' speed table (issue 21; ADE20K configs, 150 classes, --input-size 512
+# 512): name, mmseg config stem, d2seg base model yaml, d2seg options for that config's variant.
+# Their weights go through an mmseg checkpoint file and SegCheckpointer, as a user's would.
+_ADE = ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", 150]
+MODERN = [
+    ("SegFormer-B0", "segformer/segformer_mit-b0_512x512_160k_ade20k", "segformer_mit-b0", _ADE),
+    ("SegFormer-B2", "segformer/segformer_mit-b2_512x512_160k_ade20k", "segformer_mit-b0",
+     _ADE + ["MODEL.MIT.EMBED_DIMS", 64, "MODEL.MIT.NUM_LAYERS", [3, 4, 6, 3]]),
+    ("Swin-T UPerNet", "swin/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K",
+     "upernet_swin", _ADE),
+    ("ConvNeXt-T UPerNet", "convnext/upernet_convnext_tiny_fp16_512x512_160k_ade20k",
+     "upernet_convnext", _ADE),
+    ("DeiT-S UPerNet", "vit/upernet_deit-s16_512x512_160k_ade20k", "upernet_deit-s16", _ADE),
+    ("ViT-B UPerNet", "vit/upernet_vit-b16_mln_512x512_160k_ade20k", "upernet_vit-b16_mln", _ADE),
+]
+# the training side of both runs mmseg's plain SGD (the speed of a step, not the recipe)
+PLAIN_SGD = ["SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", 0.01, "SOLVER.MOMENTUM", 0.9,
+             "SOLVER.WEIGHT_DECAY", 0.0005, "SOLVER.WEIGHT_DECAY_NORM", 0.0005,
+             "SOLVER.WARMUP_ITERS", 0, "SOLVER.PARAMWISE.CUSTOM_KEYS", [],
+             "SOLVER.LR_DECAY.TYPE", ""]
 BN_OPTS = ["MODEL.RESNETS.NORM", "BN", "MODEL.HRNET.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
            "MODEL.AUX_HEAD.NORM", "BN", "MODEL.CASCADE_HEAD.NORM", "BN"]
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
@@ -103,7 +124,7 @@ def img_metas(h, w, n=1):
 
 
 # ---- d2seg side ----------------------------------------------------------------------------
-def build_d2seg_cfg(yaml, args, train=False):
+def build_d2seg_cfg(yaml, args, train=False, opts=()):
     from detectron2.config import get_cfg
 
     from d2seg.config import add_d2seg_config
@@ -117,7 +138,7 @@ def build_d2seg_cfg(yaml, args, train=False):
                                    "MODEL.SPEED.FUSED_ATTENTION", not args.no_fused_attention,
                                    "MODEL.SPEED.GEMM_1X1", not args.no_gemm_1x1,
                                    "MODEL.SPEED.FOLD_PROJECTIONS", not args.no_fold_projections,
-                                   "MODEL.SPEED.CHANNELS_LAST", False])
+                                   "MODEL.SPEED.CHANNELS_LAST", False] + list(opts))
     hrnet = cfg.MODEL.BACKBONE.NAME == "build_hrnet_backbone"
     # channels_last pays on HRNet's narrow branches; on the ResNet-D8 models it is neutral
     # (and oneDNN's dilated depthwise convs of DeepLabV3+ are slow in it)
@@ -127,13 +148,27 @@ def build_d2seg_cfg(yaml, args, train=False):
     return cfg
 
 
-def build_d2seg(yaml, state_dict, args, train=False):
+def build_d2seg(yaml, state_dict, args, train=False, opts=None, mm=None):
     from detectron2.modeling import build_model
 
-    from d2seg.checkpoint import convert_mmseg_state_dict
+    from d2seg.checkpoint import SegCheckpointer, convert_mmseg_state_dict
 
-    cfg = build_d2seg_cfg(yaml, args, train)
+    cfg = build_d2seg_cfg(yaml, args, train, opts or ())
     model = build_model(cfg)
+    if opts is not None:  # a transformer family: mmseg's checkpoint file through SegCheckpointer
+        import tempfile
+
+        from mmseg_peer import save_mmseg_checkpoint
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "mmseg.pth")
+            save_mmseg_checkpoint(mm, path)
+            checkpointer = SegCheckpointer(model)
+            checkpointer.load(path)
+        report = checkpointer.last_report
+        if report.errors or set(report.loaded) != set(model.state_dict()):
+            raise RuntimeError(f"{yaml}: checkpoint mismatch: {report.error_message()}")
+        return cfg, model
     sd = convert_mmseg_state_dict(state_dict, is_cascade=bool(cfg.MODEL.CASCADE_HEAD.NAME),
                                   is_resnet=cfg.MODEL.BACKBONE.NAME != "build_hrnet_backbone")
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -165,10 +200,10 @@ def summarize(times, a="mmseg", b="d2seg"):
             "runs": {k: [round(v, 3) for v in vs] for k, vs in times.items()}}
 
 
-def bench_inference(name, stem, yaml, args):
+def bench_inference(name, stem, yaml, args, opts=None):
     h, w = args.input_size
     mm = build_mmseg(stem, (h, w))
-    _, plain = build_d2seg(yaml, mm.state_dict(), args)
+    _, plain = build_d2seg(yaml, mm.state_dict(), args, opts=opts, mm=mm)
     plain.eval()
     from d2seg.modeling.speed import optimize_for_inference
 
@@ -248,7 +283,7 @@ def onnx_runner(model, raw, threads):
     return (lambda: session.run(None, feed)[0][0].argmax(0)), logits
 
 
-def bench_train(name, stem, yaml, args):
+def bench_train(name, stem, yaml, args, opts=None):
     from detectron2.utils.events import EventStorage
 
     from d2seg.engine import Trainer
@@ -257,7 +292,9 @@ def bench_train(name, stem, yaml, args):
     h, w = args.input_size
     n = args.train_batch
     mm = build_mmseg(stem)
-    cfg, model = build_d2seg(yaml, mm.state_dict(), args, train=True)
+    if opts is not None:
+        opts = list(opts) + PLAIN_SGD
+    cfg, model = build_d2seg(yaml, mm.state_dict(), args, train=True, opts=opts, mm=mm)
     mm.train()
     model.train()
     g = torch.Generator().manual_seed(2)
@@ -364,7 +401,11 @@ def markdown_deploy(results, args) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="*", default=None, help="subset of names (default: all 13)")
+    p.add_argument("--models", nargs="*", default=None,
+                   help="subset of names (default: the 13 methods; --modern: the transformers)")
+    p.add_argument("--modern", action="store_true",
+                   help="the transformer families' table (SegFormer, Swin, ConvNeXt, DeiT, ViT; "
+                        "use --input-size 512 512)")
     p.add_argument("--tasks", nargs="*", default=["inference", "train"],
                    choices=["inference", "train"])
     p.add_argument("--input-size", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
@@ -410,14 +451,15 @@ def main():
     torch.set_num_threads(args.threads)
     global CLOCK
     CLOCK = time.process_time if args.clock == "process" else time.perf_counter
-    names = args.models or [m[0] for m in MODELS]
+    entries = [m + (None,) for m in MODELS] + MODERN
+    names = args.models or [m[0] for m in (MODERN if args.modern else MODELS)]
     have_psamask = "PSANet" in names and not args.no_psamask_build and build_mmcv_psamask(stub)
     load_before = [round(x, 2) for x in os.getloadavg()]
     results = {"machine": machine_info("cpu"), "args": vars(args), "models": {}}
     # every model's inference first, then the training steps: a process that has trained holds
     # warm (already faulted-in) heap memory, which would change the inference regime mid-table
     for task in args.tasks:
-        for name, stem, yaml in MODELS:
+        for name, stem, yaml, opts in entries:
             if name not in names:
                 continue
             r = results["models"].setdefault(name, {})
@@ -426,7 +468,7 @@ def main():
                 continue
             fn = bench_inference if task == "inference" else bench_train
             try:
-                r[task] = fn(name, stem, yaml, args)
+                r[task] = fn(name, stem, yaml, args, opts)
             except Exception as e:  # report and go on with the next model
                 r[task] = {"error": f"{type(e).__name__}: {e}"[:120]}
             gc.collect()
