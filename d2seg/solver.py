@@ -14,7 +14,7 @@ from .solver_paramwise import paramwise_groups
 
 __all__ = ["MmcvWarmup", "PolyLR", "PolyParamScheduler", "build_lr_scheduler", "build_optimizer"]
 
-OPTIMIZERS = ("SGD", "AdamW")
+OPTIMIZERS = ("SGD", "AdamW", "Adam")
 CLIP_TYPES = ("value", "norm", "full_model")
 
 
@@ -96,7 +96,8 @@ def _clip_full_model(clip):
 
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SOLVER.OPTIMIZER: "SGD" is Detectron2's ``build_optimizer``; "AdamW" (mmseg's
-    rsb-pretrain configs) takes the same parameter groups (SOLVER.WEIGHT_DECAY_NORM/_BIAS,
+    rsb-pretrain configs) and "Adam" (CGNet's) take the same parameter groups
+    (SOLVER.WEIGHT_DECAY_NORM/_BIAS,
     BIAS_LR_FACTOR) and SOLVER.BETAS / EPS. SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model" clips
     the norm of all gradients together, as mmcv's OptimizerHook; under AMP the GradScaler
     unscales the gradients before ``step`` clips them. SOLVER.PARAMWISE (mmcv's
@@ -125,8 +126,9 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     if name == "SGD":
         cls, args = torch.optim.SGD, dict(momentum=cfg.SOLVER.MOMENTUM,
                                           nesterov=cfg.SOLVER.NESTEROV)
-    else:
-        cls, args = torch.optim.AdamW, dict(betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS)
+    else:  # "Adam" (mmseg's CGNet): torch's Adam, weight decay as an L2 term, as mmcv builds it
+        cls = torch.optim.AdamW if name == "AdamW" else torch.optim.Adam
+        args = dict(betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS)
     if full_model:
         cls = _generate_optimizer_class_with_gradient_clipping(
             cls, global_clipper=_clip_full_model(clip))

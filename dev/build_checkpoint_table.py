@@ -1,5 +1,5 @@
 """Writes ``mmseg_checkpoints.json``: the checkpoint MMSegmentation 0.30 released for each config of
-the 13 methods d2seg ports, and the ImageNet weights each config starts from.
+the 13 methods and the real-time families d2seg ports, and the ImageNet weights each config starts from.
 
     python dev/build_checkpoint_table.py        # needs mmseg 0.30 + mmcv 1.x
 
@@ -10,8 +10,8 @@ Sources, all shipped in the mmseg/mmcv packages (nothing is downloaded):
   model; its ImageNet init is ``model.backbone.init_cfg.checkpoint`` when the config sets one
   (the LoveDA and RSB configs; their ``model.pretrained`` is the inherited default), else
   ``model.pretrained``;
-- ``mmcv/model_zoo/open_mmlab.json`` and ``torchvision_0.12.json``: what ``open-mmlab://`` and
-  ``torchvision://`` names stand for (as mmcv's ``load_checkpoint`` resolves them).
+- ``mmcv/model_zoo/open_mmlab.json``, ``torchvision_0.12.json`` and ``mmcls.json``: what
+  ``open-mmlab://``, ``torchvision://`` and ``mmcls://`` names stand for (as mmcv's ``load_checkpoint`` resolves them).
 """
 import glob
 import json
@@ -20,16 +20,21 @@ import re
 import sys
 
 METHODS = ("fcn", "pspnet", "psanet", "deeplabv3", "deeplabv3plus", "upernet", "hrnet", "gcnet",
-           "nonlocal_net", "ccnet", "danet", "ann", "ocrnet")
+           "nonlocal_net", "ccnet", "danet", "ann", "ocrnet",
+           # the real-time families
+           "bisenetv1", "bisenetv2", "stdc", "fastscnn", "icnet", "cgnet", "erfnet",
+           "mobilenet_v2", "mobilenet_v3")
 TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "d2seg", "model_zoo", "mmseg_checkpoints.json")
 # released file names end in -<first 8 hex digits of the file's sha256>.pth
 _HASHED = re.compile(r"-[0-9a-f]{8}\.pth$")
 
 
 def _imagenet_init(cfg):
-    init = cfg.model.backbone.get("init_cfg") or {}
-    if init.get("type") == "Pretrained":
-        return init["checkpoint"]
+    backbone = cfg.model.backbone
+    # STDC / BiSeNetV1 / ICNet: the ImageNet init is the inner network's (backbone_cfg)
+    for init in (backbone.get("init_cfg"), backbone.get("backbone_cfg", {}).get("init_cfg")):
+        if (init or {}).get("type") == "Pretrained":
+            return init["checkpoint"]
     return cfg.model.get("pretrained")
 
 
@@ -43,7 +48,8 @@ def build_table():
     zoo = os.path.join(os.path.dirname(mmcv.__file__), "model_zoo")
     schemes = {}
     for scheme, fname in (("open-mmlab://", "open_mmlab.json"),
-                          ("torchvision://", "torchvision_0.12.json")):
+                          ("torchvision://", "torchvision_0.12.json"),
+                          ("mmcls://", "mmcls.json")):  # MobileNetV2's mmcls://mobilenet_v2
         with open(os.path.join(zoo, fname)) as f:
             schemes[scheme] = json.load(f)
     configs, used = {}, set()

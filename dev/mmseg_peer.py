@@ -227,4 +227,25 @@ def training_losses(ref, model, img, label):
         if isinstance(m, torch.nn.Dropout2d):
             m.eval()
     expected = ref.forward_train(img, [{}] * len(img), label[:, None])
-    return expected, model.compute_losses(model.backbone(img), label)
+    return expected, model.compute_losses(model.extract_feat(img), label)  # (through the neck)
+
+
+def load_via_checkpointer(ref, model, path):
+    """``model`` (d2seg) loaded by SegCheckpointer from ``ref`` saved at ``path`` as an mmseg 0.x
+    checkpoint (detection, conversion, strict check): every tensor of the model comes from the
+    file. Returns the model in eval mode."""
+    from d2seg.checkpoint import SegCheckpointer
+
+    save_mmseg_checkpoint(ref, path)
+    ckpt = SegCheckpointer(model)
+    ckpt.load(str(path))
+    report = ckpt.last_report
+    assert not report.errors and not report.backbone_only and not report.aux_missing
+    assert set(report.loaded) == set(model.state_dict())
+    return model.eval()
+
+
+def assert_close_to_scale(got, expected, rel=1e-4):
+    """Same shape, and within ``rel`` of max(1, the reference's largest magnitude)."""
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= rel * max(1.0, expected.abs().max().item())

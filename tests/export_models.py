@@ -64,7 +64,7 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     img = torch.randn(1, 3, 64, 96, generator=g)
     for head in [getattr(model, "cascade_head", None), model.decode_head]:
         if head is not None:
-            feats = model.backbone(img)
+            feats = model.extract_feat(img)  # (through the neck, if any)
             logits = model.decode(feats) if head is model.decode_head else head(feats)[0]
             head.conv_seg.weight /= logits.abs().max() / 3
     return model

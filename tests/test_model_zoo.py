@@ -34,7 +34,7 @@ MMSEG_STEMS = [y[: -len(".yaml")] for y in ALL_YAMLS
                if (REPO_CONFIGS / y).read_text().startswith("# MMSegmentation 0.30: configs/")]
 NORM_NODES = ("RESNETS", "HRNET", "SEM_SEG_HEAD", "AUX_HEAD", "CASCADE_HEAD", "AUX_HEAD_2",
               "AUX_HEAD_3", "AUX_HEAD_4", "FAST_SCNN", "MOBILENET_V3", "BISENETV2",
-              "CGNET")
+              "CGNET", "MOBILENET_V2", "STDC", "ERFNET")
 IMAGE = 48  # every backbone feature >= 2x2 (HRNet hr4, UPerNet res5), OS8 maps 6x6
 IMAGE_FOR_HEAD = {"LRASPPHead": 392}  # its 49x49 pooling at stride 8
 
@@ -53,6 +53,11 @@ DATASETS = {
     **{f"occlusion_face_{s}_sem_seg": (2, False)
        for s in ("natocc_hand_sot", "natocc_object", "randocc", "realocc")},
 }
+# the 13 classic methods' mmseg folders (390 configs); the real-time families' follow
+CLASSIC = ("fcn", "pspnet", "psanet", "deeplabv3", "deeplabv3plus", "upernet", "hrnet", "gcnet",
+           "nonlocal_net", "ccnet", "danet", "ann", "ocrnet")
+REALTIME = {"bisenetv1": 11, "bisenetv2": 4, "stdc": 4, "fastscnn": 1, "icnet": 12, "cgnet": 2,
+            "erfnet": 1, "mobilenet_v2": 8, "mobilenet_v3": 4}  # mmseg 0.30's configs each
 PARAMS = OrderedDict()  # yaml -> parameter count (printed by the last test)
 BUFFERS = {}  # yaml -> number of buffer elements
 
@@ -173,8 +178,11 @@ def test_param_count_matches_mmseg(stem):
     # ImageNet init as mmseg's (issue 12): backbone.init_cfg's checkpoint where the config
     # gives one (LoveDA's R-18/101, HRNet-W18-Small/W48 override their parent's `pretrained`)
     init = mcfg.model.backbone.pop("init_cfg", None)
+    # STDC's ImageNet init is its inner STDCNet's (backbone.backbone_cfg.init_cfg)
+    init = init or mcfg.model.backbone.get("backbone_cfg", {}).pop("init_cfg", None)
     want = (init or {}).get("checkpoint") or mcfg.model.get("pretrained") or ""
-    assert want, f"{stem}: mmseg's config names no ImageNet weights"
+    # the classic methods all start from ImageNet; real-time ones may train from scratch
+    assert want or stem.split("/")[0] not in CLASSIC, f"{stem}: mmseg names no ImageNet weights"
     assert load(stem + ".yaml").MODEL.WEIGHTS == want, stem
     mcfg.model.pretrained = None
     syncbn_to_bn(mcfg.model)
@@ -182,9 +190,16 @@ def test_param_count_matches_mmseg(stem):
     rel = stem + ".yaml"
     if rel not in PARAMS:  # run alone: build ours here
         PARAMS[rel], BUFFERS[rel] = meta_counts(load(rel))
-    assert PARAMS[rel] == ref_params, stem
-    # d2seg's extra buffers: pixel_mean and pixel_std (3 + 3)
-    assert BUFFERS[rel] - 6 == ref_buffers, stem
+    cfg = load(rel)
+    heads = [n for n in ("SEM_SEG_HEAD", "AUX_HEAD", "AUX_HEAD_2", "AUX_HEAD_3", "AUX_HEAD_4")
+             if cfg.MODEL[n].NAME]
+    # mmseg's frozen nn.Parameter STDCHead.fusion_kernel (1 x 3 x 1 x 1) is a buffer in d2seg
+    frozen = 3 * sum(cfg.MODEL[n].NAME == "STDCHead" for n in heads)
+    assert PARAMS[rel] + frozen == ref_params, stem
+    # d2seg's extra buffers: pixel_mean and pixel_std (3 + 3), each head's CLASS_WEIGHT (a list in
+    # mmseg's loss) and the frozen kernels above
+    weights = sum(len(cfg.MODEL[n].CLASS_WEIGHT) for n in heads)
+    assert BUFFERS[rel] - 6 - weights - frozen == ref_buffers, stem
 
 
 # ---- every distinct model: one training step --------------------------------------------------
@@ -279,17 +294,19 @@ def _generator():
     return mod
 
 
+def _patched(real, edit):
+    """mmseg's config loader with ``edit`` applied to the loaded config."""
+    def load(s):
+        raw, path = real(s)
+        edit(raw)
+        return raw, path
+    return load
+
+
 def test_generator_rejects_what_it_does_not_understand(monkeypatch):
     gen = _generator()
-    real = gen.load_mmseg
+    real = gen.read.load_mmseg
     stem = "pspnet/pspnet_r50-d8_512x1024_40k_cityscapes"
-
-    def patched(edit):
-        def load(s):
-            raw, path = real(s)
-            edit(raw)
-            return raw, path
-        return load
 
     cases = [
         (lambda c: c["model"]["backbone"].update(frozen_stages=1), "model.backbone.frozen_stages"),
@@ -317,24 +334,89 @@ def test_generator_rejects_what_it_does_not_understand(monkeypatch):
          "heads predict 20 classes, data.train (cityscapes) has 19"),
     ]
     for edit, where in cases:
-        monkeypatch.setattr(gen, "load_mmseg", patched(edit))
+        monkeypatch.setattr(gen.read, "load_mmseg", _patched(real, edit))
         with pytest.raises(gen.TranslationError, match=re.escape(where)):
             gen.Translation(stem)
-    monkeypatch.setattr(gen, "load_mmseg", real)
+    monkeypatch.setattr(gen.read, "load_mmseg", real)
     t = gen.Translation(stem)  # unpatched: translates
     assert t.cfg.SOLVER.IMS_PER_BATCH == 8 and t.cfg.MODEL.SEM_SEG_HEAD.NAME == "PSPHead"
 
 
+def test_generator_translates_and_rejects_realtime_recipes(monkeypatch):
+    """The real-time families' recipes (warm-up on poly, Adam, runner-less CGNet, OHEM, sigmoid
+    and detail losses, several auxiliary heads), and an error naming the key for what d2seg
+    cannot express."""
+    gen = _generator()
+    t = gen.Translation("cgnet/cgnet_680x680_60k_cityscapes")
+    s = t.cfg.SOLVER
+    assert (s.OPTIMIZER, s.BASE_LR, s.EPS, s.WEIGHT_DECAY, s.MAX_ITER) == (
+        "Adam", 0.001, 1e-8, 0.0005, 60000)  # total_iters: no runner in mmseg's config
+    assert list(t.cfg.MODEL.PIXEL_STD) == [1.0, 1.0, 1.0] and not t.cfg.INPUT.PHOTOMETRIC_DISTORTION
+    t = gen.Translation("bisenetv2/bisenetv2_fcn_ohem_4x4_1024x1024_160k_cityscapes")
+    assert (t.cfg.SOLVER.LR_SCHEDULER_NAME, t.cfg.SOLVER.WARMUP_ITERS,
+            t.cfg.SOLVER.WARMUP_FACTOR) == ("WarmupPolyLR", 1000, 0.1)  # mmcv's default ratio
+    assert [t.cfg.MODEL[n].OHEM_MIN_KEPT for n in ("SEM_SEG_HEAD", "AUX_HEAD", "AUX_HEAD_2",
+                                                   "AUX_HEAD_3", "AUX_HEAD_4")] == [10000] * 5
+    t = gen.Translation("stdc/stdc2_in1k-pre_512x1024_80k_cityscapes")
+    assert t.cfg.MODEL.STDC.TYPE == "STDCNet2" and t.cfg.MODEL.AUX_HEAD_3.LOSS_USE_SIGMOID
+    assert t.cfg.MODEL.WEIGHTS.endswith("stdc2_20220308-7dbd9127.pth")
+    t = gen.Translation("fastscnn/fast_scnn_lr0.12_8x4_160k_cityscapes")
+    assert t.cfg.MODEL.SEM_SEG_HEAD.LOSS_USE_SIGMOID and t.cfg.MODEL.AUX_HEAD.LOSS_WEIGHT == 0.4
+
+    real = gen.read.load_mmseg
+
+    cases = [
+        ("bisenetv2/bisenetv2_fcn_4x4_1024x1024_160k_cityscapes",
+         lambda c: c["model"]["auxiliary_head"].append(c["model"]["auxiliary_head"][0]),
+         "model.auxiliary_head has 5 heads"),
+        ("stdc/stdc1_512x1024_80k_cityscapes",
+         lambda c: c["model"]["auxiliary_head"][2]["loss_decode"].pop(),
+         "model.auxiliary_head[2].loss_decode"),
+        ("cgnet/cgnet_512x1024_60k_cityscapes",
+         lambda c: c["optimizer"].update(type="RMSprop"), "optimizer.type='RMSprop'"),
+        ("mobilenet_v2/pspnet_m-v2-d8_512x1024_80k_cityscapes",
+         lambda c: c["model"]["backbone"].update(frozen_stages=1), "model.backbone.frozen_stages"),
+        ("fastscnn/fast_scnn_lr0.12_8x4_160k_cityscapes",
+         lambda c: c["model"]["backbone"].update(higher_in_channels=32),
+         "model.backbone.higher_in_channels"),
+        ("mobilenet_v3/lraspp_m-v3-d8_512x1024_320k_cityscapes",
+         lambda c: c["model"]["decode_head"].update(in_channels=(16, 24, 961)),
+         "model.decode_head.in_channels"),
+    ]
+    for stem, edit, where in cases:
+        monkeypatch.setattr(gen.read, "load_mmseg", _patched(real, edit))
+        with pytest.raises(gen.TranslationError, match=re.escape(where)):
+            gen.Translation(stem)
+
+
+def test_adam_is_torch_adam_with_mmcv_arguments():
+    """SOLVER.OPTIMIZER "Adam" (CGNet): torch's Adam with SOLVER.EPS / BETAS / WEIGHT_DECAY."""
+    from d2seg.solver import build_optimizer
+
+    cfg = load("cgnet/cgnet_512x1024_60k_cityscapes.yaml")
+    opt = build_optimizer(cfg, torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1),
+                                                   torch.nn.BatchNorm2d(4)))
+    assert type(opt) is torch.optim.Adam
+    groups = opt.param_groups
+    assert {g["eps"] for g in groups} == {1e-8} and {g["weight_decay"] for g in groups} == {5e-4}
+    assert {g["lr"] for g in groups} == {0.001}
+
+
 def test_every_mmseg_config_is_generated_or_blocked():
-    """All 390 mmseg 0.30 configs of the 13 methods: a yaml each (listed by d2seg.model_zoo),
-    but for BLOCKED, each of which still fails to translate for the reason given."""
+    """All 390 mmseg 0.30 configs of the 13 methods and the 47 of the real-time families: a
+    yaml each (listed by d2seg.model_zoo), but for BLOCKED, each of which still fails to
+    translate for the reason given."""
     gen = _generator()
     from d2seg import model_zoo
 
     root = Path(gen.mmseg_config_root())
+    assert list(gen.METHODS)[: len(CLASSIC)] == list(CLASSIC)
+    assert sorted(gen.METHODS) == sorted(CLASSIC + tuple(REALTIME))
     stems = sorted(f"{folder}/{p.stem}" for folder in gen.METHODS
                    for p in (root / folder).glob("*.py"))
-    assert len(stems) == 390
+    assert len([s for s in stems if s.split("/")[0] in CLASSIC]) == 390
+    for folder, n in REALTIME.items():
+        assert len([s for s in stems if s.split("/")[0] == folder]) == n, folder
     listed = set(model_zoo.list_configs())
     missing = [s for s in stems if s + ".yaml" not in listed and s not in gen.BLOCKED]
     assert not missing, missing

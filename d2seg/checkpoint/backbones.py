@@ -35,7 +35,7 @@ Detectron2's own name matching in SegCheckpointer); the ImageNet classifier is d
 """
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Pattern, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Pattern, Tuple, Union
 
 import torch
 
@@ -77,6 +77,9 @@ class WeightFormat:
     fills: Optional[Union[str, Tuple[str, ...]]] = None
     # the torchvision/open-mmlab ResNet key renaming of d2seg.checkpoint.mmseg
     is_resnet: bool = False
+    # a model key prefix: the layout is only for models with such keys, and then tried first
+    # (the same file filling a network nested in a family's backbone: ICNet's ResNet)
+    model_has: Optional[str] = None
 
 
 # registered formats, tried in order by detect_backbone_format; the generic ResNet layouts
@@ -110,20 +113,27 @@ _STDC_KEPT = re.compile(r"^(stages|final_conv)\.")
 _HEADS = ("decode_head.", "auxiliary_head.", "auxiliary_heads.", "cascade_head.")
 
 
-def detect_backbone_format(sd: Dict[str, torch.Tensor]) -> Optional[str]:
+def detect_backbone_format(sd: Dict[str, torch.Tensor],
+                           model_keys: Iterable[str] = ()) -> Optional[str]:
     """The name of the registered layout ``sd`` is in (``resnet_v1c``, ``mit_official``,
     ``swin``, ...), ``mmcls:<name>`` for one under ``backbone.``, or None (not a bare ImageNet
-    backbone: a segmentor, or unknown)."""
+    backbone: a segmentor, or unknown). ``model_keys`` (the model's state_dict keys) select the
+    layouts registered for one kind of model (``WeightFormat.model_has``)."""
     if any(k.startswith(_HEADS) for k in sd):
         return None
     if any(k.startswith("backbone.") for k in sd):
         if not all(k.startswith(("backbone.", "head.", "neck.")) for k in sd):
             return None
         inner = detect_backbone_format(
-            {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+            {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")},
+            model_keys,
         )
         return f"mmcls:{inner}" if inner else None
-    order = [n for n in _FORMATS if n not in _FALLBACK] + [n for n in _FALLBACK if n in _FORMATS]
+    model_keys = list(model_keys)
+    for_model = [n for n, f in _FORMATS.items()
+                 if f.model_has and any(k.startswith(f.model_has) for k in model_keys)]
+    order = for_model + [n for n, f in _FORMATS.items() if n not in _FALLBACK and not f.model_has]
+    order += [n for n in _FALLBACK if n in _FORMATS]
     for name in order:
         if _FORMATS[name].detect(sd):
             return name

@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 MMSEG_PREFIX = "mmseg://"
-IMAGENET_PREFIXES = ("open-mmlab://", "torchvision://")
+IMAGENET_PREFIXES = ("open-mmlab://", "torchvision://", "mmcls://")  # mmcls: MobileNetV2
 OPENMMLAB_URL = "https://download.openmmlab.com"
 _TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "model_zoo", "mmseg_checkpoints.json")

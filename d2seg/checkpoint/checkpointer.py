@@ -101,13 +101,20 @@ class SegCheckpointer(DetectionCheckpointer):
             warn_if_metadata_differs(converted["meta"], self.dataset, filename)
             return {"model": converted["model"], "__d2seg__": {"format": "MMSegmentation"}}
         sd, _, container = unwrap_state_dict(data, filename)
-        fmt = detect_backbone_format(sd)
+        fmt = detect_backbone_format(sd, self.model.state_dict().keys())
         if fmt is not None:
             model, skipped, name = convert_backbone_state_dict(sd, fmt)
+            fills = backbone_weights_prefix(fmt)
+            # a backbone that holds the ImageNet network inside it (BiSeNetV1's context path)
+            # places the weights itself
+            adapt = getattr(getattr(self.model, "backbone", None), "adapt_imagenet_weights", None)
+            if adapt is not None:
+                model, more, fills = adapt(model, fmt)
+                skipped = sorted(set(skipped) | set(more))
             return {
                 "model": model,
                 "__d2seg__": {"format": name, "skipped": skipped, "backbone_only": True,
-                              "backbone_prefix": backbone_weights_prefix(fmt)},
+                              "backbone_prefix": fills},
             }
         out = dict(data) if container == "model" else {}
         out["model"] = sd

@@ -117,9 +117,10 @@ def mmseg_layout(sd: Dict[str, Any]) -> Dict[str, bool]:
     is_hrnet = any(k.startswith(("backbone.transition1.", "backbone.stage2.")) for k in sd)
     # ResNet blocks are backbone.layerN.<block>.*; MobileNetV3's backbone.layerN.<module> are not;
     # the V1c stem holds plain convs / BNs (CGNet's backbone.stem.N are ConvModules: .conv/.bn);
-    # MobileNetV2's stem conv1 and blocks layer1.N.conv.M are ConvModules too (.conv. follows)
+    # MobileNetV2's stem conv1 and blocks layer1.N.conv.M are ConvModules too (.conv. follows);
+    # a ResNet nested in the backbone (ICNet's backbone.backbone.) is one too
     is_resnet = not is_hrnet and any(
-        re.match(r"backbone\.(layer1\.\d+\.(?!conv\.)|stem\.\d+\.(?!conv\.|bn\.|activate\.)"
+        re.match(r"backbone\.(?:backbone\.)?(layer1\.\d+\.(?!conv\.)|stem\.\d+\.(?!conv\.|bn\.|activate\.)"
                  r"|conv1\.(?!conv\.|bn\.|activate\.))", k) for k in sd
     )
     is_cascade = any(k.startswith("decode_head.0.") for k in sd) and any(

@@ -7,25 +7,27 @@ d2seg's heads mirror mmseg's module names and nesting; only three things differ:
   ``cascade_head`` and its stage 1 the ``decode_head``.
 """
 import re
-from typing import Dict
+from typing import Dict, List
 
 import torch
 
-__all__ = ["convert_mmseg_state_dict", "convert_mmseg_key"]
+__all__ = ["convert_mmseg_state_dict", "convert_mmseg_key", "register_nested_resnet"]
 
+# the ResNet is the backbone, or nested in it as mmseg's backbone_cfg (ICNet: backbone.backbone.)
+_R = r"^(backbone\.(?:backbone\.)?)"
 _RESNET_RULES = [
     # ResNetV1c deep stem: stem.{0,3,6} convs, stem.{1,4,7} norms
-    (r"^backbone\.stem\.([036])\.", lambda m: f"backbone.stem.conv{int(m[1]) // 3 + 1}."),
-    (r"^backbone\.stem\.([147])\.", lambda m: f"backbone.stem.conv{int(m[1]) // 3 + 1}.norm."),
+    (_R + r"stem\.([036])\.", lambda m: f"{m[1]}stem.conv{int(m[2]) // 3 + 1}."),
+    (_R + r"stem\.([147])\.", lambda m: f"{m[1]}stem.conv{int(m[2]) // 3 + 1}.norm."),
     # ResNetV1b / caffe 7x7 stem
-    (r"^backbone\.conv1\.", lambda m: "backbone.stem.conv1."),
-    (r"^backbone\.bn1\.", lambda m: "backbone.stem.conv1.norm."),
-    (r"^backbone\.layer(\d)\.", lambda m: f"backbone.res{int(m[1]) + 1}."),
+    (_R + r"conv1\.", lambda m: f"{m[1]}stem.conv1."),
+    (_R + r"bn1\.", lambda m: f"{m[1]}stem.conv1.norm."),
+    (_R + r"layer(\d)\.", lambda m: f"{m[1]}res{int(m[2]) + 1}."),
 ]
 _BLOCK_RULES = [
-    (r"^(backbone\.res\d\.\d+)\.bn(\d)\.", lambda m: f"{m[1]}.conv{m[2]}.norm."),
-    (r"^(backbone\.res\d\.\d+)\.downsample\.0\.", lambda m: f"{m[1]}.shortcut."),
-    (r"^(backbone\.res\d\.\d+)\.downsample\.1\.", lambda m: f"{m[1]}.shortcut.norm."),
+    (_R + r"(res\d\.\d+)\.bn(\d)\.", lambda m: f"{m[1]}{m[2]}.conv{m[3]}.norm."),
+    (_R + r"(res\d\.\d+)\.downsample\.0\.", lambda m: f"{m[1]}{m[2]}.shortcut."),
+    (_R + r"(res\d\.\d+)\.downsample\.1\.", lambda m: f"{m[1]}{m[2]}.shortcut.norm."),
 ]
 _HEAD_RULES = [
     (r"^auxiliary_head\.(\d+)\.", lambda m: f"auxiliary_heads.{m[1]}."),
@@ -40,6 +42,18 @@ _CONV_MODULE_RULES = [
 ]
 
 
+# ResNets inside another backbone module (BiSeNetV1's context path), registered by their family's
+# module: mmseg's ResNet keys under these prefixes are converted as the top-level ResNet's
+_NESTED_RESNETS: List[str] = []
+
+
+def register_nested_resnet(prefix: str) -> None:
+    """Converts mmseg ResNet keys under ``prefix`` (e.g. ``backbone.context_path.backbone.``)
+    to d2seg's ResNet names, whatever the rest of the checkpoint is."""
+    if prefix not in _NESTED_RESNETS:
+        _NESTED_RESNETS.append(prefix)
+
+
 def _apply(rules, key):
     for pattern, repl in rules:
         key = re.sub(pattern, repl, key)
@@ -47,8 +61,13 @@ def _apply(rules, key):
 
 
 def convert_mmseg_key(key: str, is_cascade: bool = False, is_resnet: bool = True) -> str:
+    for prefix in _NESTED_RESNETS:
+        if key.startswith(prefix):
+            inner = _apply(_BLOCK_RULES, _apply(_RESNET_RULES, "backbone." + key[len(prefix):]))
+            return prefix + inner[len("backbone."):]
     if key.startswith("backbone.") and is_resnet:
-        return _apply(_BLOCK_RULES, _apply(_RESNET_RULES, key))
+        # then the ConvModule rules, for the modules around a nested ResNet (no-ops on ResNet keys)
+        return _apply(_CONV_MODULE_RULES, _apply(_BLOCK_RULES, _apply(_RESNET_RULES, key)))
     rules = _HEAD_RULES if is_cascade else _HEAD_RULES[:2]
     return _apply(_CONV_MODULE_RULES, _apply(rules, key))
 

@@ -16,3 +16,4 @@ from .segformer import SegformerHead  # noqa: F401
 from .sep_fcn import DepthwiseSeparableFCNHead  # noqa: F401
 from .lraspp import LRASPPHead  # noqa: F401
 from .stdc import STDCHead  # noqa: F401
+from .fpn_head import FPNHead  # noqa: F401

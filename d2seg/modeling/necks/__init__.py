@@ -58,3 +58,7 @@ def build_neck(cfg, input_shape: Dict[str, ShapeSpec]) -> Optional[nn.Module]:
     if not name:
         return None
     return NECK_REGISTRY.get(name)(cfg, input_shape)
+from . import multilevel_neck  # noqa: E402,F401
+from .fpn import FPN  # noqa: F401,E402
+from .ic_neck import ICNeck  # noqa: F401,E402
+from .featurepyramid import Feature2Pyramid  # noqa: F401,E402
