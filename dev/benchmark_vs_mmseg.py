@@ -75,7 +75,10 @@ MODERN = [
      "upernet_swin", _ADE),
     ("ConvNeXt-T UPerNet", "convnext/upernet_convnext_tiny_fp16_512x512_160k_ade20k",
      "upernet_convnext", _ADE),
-    ("DeiT-S UPerNet", "vit/upernet_deit-s16_512x512_160k_ade20k", "upernet_deit-s16", _ADE),
+    ("DeiT-S UPerNet", "vit/upernet_deit-s16_512x512_160k_ade20k", "upernet_vit-b16_mln",
+     _ADE + ["MODEL.VIT.EMBED_DIMS", 384, "MODEL.VIT.NUM_HEADS", 6, "MODEL.VIT.DROP_PATH_RATE", 0.1,
+             "MODEL.NECK.NAME", "", "MODEL.SEM_SEG_HEAD.IN_FEATURES",
+             ["vit2", "vit5", "vit8", "vit11"], "MODEL.AUX_HEAD.IN_FEATURES", ["vit11"]]),
     ("ViT-B UPerNet", "vit/upernet_vit-b16_mln_512x512_160k_ade20k", "upernet_vit-b16_mln", _ADE),
 ]
 # the training side of both runs mmseg's plain SGD (the speed of a step, not the recipe)

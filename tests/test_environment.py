@@ -21,7 +21,7 @@ from d2seg.utils.dependencies import (
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # imported by the test suite but installed by tools/install_*.sh, not by pip's extras:
 # the reference library (with its pinned recipe), Detectron2 (not on PyPI under its name)
-NOT_FROM_EXTRAS = {"mmseg", "mmcv", "mmsegmentation", "detectron2", "sal-detectron2"}
+NOT_FROM_EXTRAS = {"mmseg", "mmcv", "mmcls", "mmsegmentation", "detectron2", "sal-detectron2"}
 
 
 def test_torch_floor_names_both_versions():

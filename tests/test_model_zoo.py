@@ -69,6 +69,8 @@ def load(rel, small=False):
             cfg.MODEL[node].NORM = "BN"
         # training batches are padded to the crop size: the crop must be the small image
         cfg.INPUT.CROP.SIZE = [image_size(cfg)] * 2
+        if cfg.MODEL.BACKBONE.NAME in ("build_beit_backbone", "build_mae_backbone"):
+            cfg.MODEL.BEIT.IMG_SIZE = [image_size(cfg)] * 2  # BEiT/MAE take their IMG_SIZE only
     return cfg
 
 

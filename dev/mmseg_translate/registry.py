@@ -7,10 +7,7 @@ function that translates ``model.backbone`` (it sets the backbone's d2seg keys a
 in ``FAMILY_MODULES``. Head types a family brings declare their arguments with ``heads``.
 """
 import importlib
-import os
 from collections import OrderedDict
-
-from mmseg_peer import mmseg_config_root
 
 from .common import TranslationError
 
@@ -31,9 +28,11 @@ METHODS = OrderedDict([
     ("ocrnet", "OCRNet"),
 ])
 REALTIME = OrderedDict([
+    ("bisenetv1", "BiSeNetV1"),
     ("bisenetv2", "BiSeNetV2"),
     ("stdc", "STDC"),
     ("fastscnn", "Fast-SCNN"),
+    ("icnet", "ICNet"),
     ("cgnet", "CGNet"),
     ("erfnet", "ERFNet"),
     ("mobilenet_v2", "MobileNetV2"),
@@ -45,17 +44,6 @@ METHODS.update(REALTIME)
 # test checks that each still fails, with this reason, so the list cannot go stale)
 BLOCKED = {  # stem -> (what the translation stops at, why d2seg cannot run it)
 }
-# BiSeNetV1 and ICNet: their backbones are being ported (configs/_base_/models/
-# bisenetv1_r18-d32.yaml, icnet_r50-d8.yaml); until a family module translates them, every
-# config of theirs is listed here
-_PENDING = {"bisenetv1": ("BiSeNetV1", "BiSeNetV1"), "icnet": ("ICNet", "ICNet")}
-for _folder, (_title, _type) in _PENDING.items():
-    METHODS[_folder] = _title
-    for _f in sorted(os.listdir(os.path.join(mmseg_config_root(), _folder))):
-        if _f.endswith(".py"):
-            BLOCKED[f"{_folder}/{_f[:-3]}"] = (
-                f"model.backbone.type='{_type}'",
-                f"d2seg's generator has no {_title} family module yet")
 
 # Decode-head arguments shared by heads: mmseg name -> d2seg key in the head's node
 HEAD_ARGS = {
@@ -94,8 +82,8 @@ METHOD_ARGS = {  # per head type: mmseg argument -> absolute d2seg key (families
 # Arguments that some heads pass to BaseDecodeHead themselves (not visible in any signature)
 HEAD_HOOKS = {}  # head type -> fn(translation, args, node): reads what only that head has
 FAMILIES = {}  # mmseg backbone type -> Family
-FAMILY_MODULES = ["resnet", "hrnet", "bisenetv2", "stdc", "fast_scnn", "cgnet", "erfnet",
-                  "mobilenet"]
+FAMILY_MODULES = ["resnet", "hrnet", "bisenetv1", "bisenetv2", "stdc", "fast_scnn", "icnet",
+                  "cgnet", "erfnet", "mobilenet"]
 
 
 class Family:

@@ -69,9 +69,15 @@ class Translation:
         self.assigned = OrderedDict()
         self.set("MODEL.META_ARCHITECTURE", arch)
 
-        # the family reads model.backbone; it may name the node of the backbone's init_cfg
+        # the family reads model.backbone; it may name the node of the backbone's init_cfg, and
+        # a family with a neck (ICNet's ICNeck) reads model.neck through self.model and returns
+        # the neck's {output: channels}, which the heads' in_index count in
+        self.model = model
         self.backbone_init = None
         channels = family.translate(self, backbone, btype)
+        if model.has("neck"):
+            raise TranslationError(f"{self.stem}: model.neck={model.d['neck']!r}: the {btype} "
+                                   "family translates no neck")
         init = self.backbone_init
         if init is None:
             init = self.init_node(backbone)

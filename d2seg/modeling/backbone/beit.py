@@ -41,7 +41,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from ...checkpoint.backbones import WeightFormat, register_weight_format
+from ...checkpoint.backbones import WeightFormat, backbone_weights_prefix, register_weight_format
 from ...config import register_config_keys
 from .mit import DropPath, nchw_to_nlc
 from .swin import FFN
@@ -266,6 +266,12 @@ class BEiT(Backbone):
 
     def _add_pos(self, x):
         return x
+
+    def adapt_imagenet_weights(self, sd: Dict[str, torch.Tensor], fmt: str):
+        """SegCheckpointer's hook for ImageNet weights (``backbone.*`` keys): the resizes of
+        :meth:`adapt_pretrained_state`. Returns (weights, dropped keys, the model keys filled)."""
+        sd = dict(sd)
+        return sd, self.adapt_pretrained_state(sd, "backbone."), backbone_weights_prefix(fmt)
 
     def adapt_pretrained_state(self, sd: Dict[str, torch.Tensor], prefix: str) -> List[str]:
         """Called by SegCheckpointer on ImageNet backbone weights before its shape check, as
