@@ -19,7 +19,9 @@ for name in "$@"; do
   w=$dir/model_final.pth
   $PY tools/train_net.py --config-file "$cfg" --eval-only MODEL.WEIGHTS "$w" \
       DATASETS.TEST "('camvid_sem_seg_test',)" OUTPUT_DIR "$dir/eval_pytorch" > "$dir/eval_pytorch.log" 2>&1
-  $PY tools/export_model.py --config-file "$cfg" --format onnx --dynamic --output "$dir/onnx" \
+  # LR-ASPP: the export's second (3/4-size) check must stay >= 392 px, its pooling's least input
+  export_size=$(grep -q lraspp <<< "$name" && echo "--height 523 --width 700" || echo "")
+  $PY tools/export_model.py --config-file "$cfg" --format onnx --dynamic --output "$dir/onnx" $export_size \
       --int8 --calib-dataset camvid_sem_seg_train --calib-images 100 --int8-latency 15 \
       MODEL.WEIGHTS "$w" > "$dir/export.log" 2>&1
   for f in model model_int8; do
