@@ -351,7 +351,8 @@ def test_generator_refuses_what_differs_from_this_config(monkeypatch):
         "generate_configs", REPO_CONFIGS.parent / "dev" / "generate_configs.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    real = gen.load_mmseg
+    reader = sys.modules["mmseg_translate.read"]  # where Translation reads mmseg's config
+    real = reader.load_mmseg
 
     def step(c, kind, where="train_pipeline"):
         pipeline = c[where] if where == "train_pipeline" else c[where][1]["transforms"]
@@ -383,9 +384,9 @@ def test_generator_refuses_what_differs_from_this_config(monkeypatch):
             raw, path = real(s)
             edit(raw)
             return raw, path
-        monkeypatch.setattr(gen, "load_mmseg", load)
+        monkeypatch.setattr(reader, "load_mmseg", load)
         with pytest.raises(gen.TranslationError, match=re.escape(where)):
             gen.Translation(STEM)
-    monkeypatch.setattr(gen, "load_mmseg", real)
+    monkeypatch.setattr(reader, "load_mmseg", real)
     t = gen.Translation(STEM)
     assert t.cfg.TEST.AUG.ALWAYS and t.facts["crop"] is None

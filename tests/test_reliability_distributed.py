@@ -137,7 +137,7 @@ def test_two_machines_train_together_and_fail_cleanly_when_one_dies(tmp_path):
             [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
              os.path.join(REPO, "configs", "quickstart.yaml"), "--num-machines", "2",
              "--machine-rank", str(rank), "--dist-url", f"tcp://127.0.0.1:{port}", *TINY,
-             "SOLVER.MAX_ITER", "400", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0",
+             "SOLVER.MAX_ITER", "20000", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0",
              "DATASETS.TEST", "()", "OUTPUT_DIR", out],
             cwd=tmp_path, env=env, stdout=logs[rank], stderr=subprocess.STDOUT))
     try:

@@ -9,11 +9,12 @@ import difflib
 import functools
 import json
 import os
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 __all__ = [
     "MMSEG_PREFIX", "IMAGENET_PREFIXES", "OPENMMLAB_URL", "checkpoint_table", "resolve_name",
-    "mmseg_checkpoint_url", "apply_mirror", "imagenet_weights_for", "from_scratch_warning",
+    "mmseg_checkpoint_url", "apply_mirror", "imagenet_weights_for", "register_imagenet_weights_rule",
+    "from_scratch_warning",
     "table_urls",
 ]
 
@@ -96,34 +97,28 @@ def table_urls() -> set:
     return urls
 
 
+# backbone NAME -> fn(cfg) -> the ImageNet weights name mmseg's config of that shape loads, or
+# None; each family registers its rule beside its model (register_imagenet_weights_rule)
+_IMAGENET_WEIGHTS_RULES: Dict[str, Callable] = {}
+
+
+def register_imagenet_weights_rule(*backbone_names: str):
+    """Decorator: ``fn(cfg) -> Optional[str]`` answers :func:`imagenet_weights_for` for configs
+    whose ``MODEL.BACKBONE.NAME`` is one of ``backbone_names``."""
+    def deco(fn):
+        for name in backbone_names:
+            _IMAGENET_WEIGHTS_RULES[name] = fn
+        return fn
+    return deco
+
+
 def imagenet_weights_for(cfg) -> Optional[str]:
     """The ImageNet weights MMSegmentation initialises this config's backbone from (its
     ``pretrained``: ResNetV1c-18/50/101 with mmseg's widths -> ``open-mmlab://resnet{d}_v1c``,
     HRNetV2 W18-Small/W18/W48 -> ``open-mmlab://msra/hrnetv2_w18_small`` ...), or None for
     another backbone (e.g. the quickstart's narrow ResNet)."""
-    name = cfg.MODEL.BACKBONE.NAME
-    if name == "build_dilated_resnet_backbone":
-        r = cfg.MODEL.RESNETS
-        expansion = 1 if r.DEPTH in (18, 34) else 4
-        standard = (r.STEM_OUT_CHANNELS == 64 and r.NUM_GROUPS == 1 and r.WIDTH_PER_GROUP == 64
-                    and r.RES2_OUT_CHANNELS == 64 * expansion)
-        if standard and r.DEPTH in (18, 50, 101):
-            if r.STEM_TYPE == "deeplab":
-                return f"open-mmlab://resnet{r.DEPTH}_v1c"
-            if r.STEM_TYPE == "basic" and not r.STRIDE_IN_1X1:
-                return f"torchvision://resnet{r.DEPTH}"
-        return None
-    if name == "build_hrnet_backbone":
-        h = cfg.MODEL.HRNET
-        width = h.BRANCH_CHANNELS[0]
-        if list(h.BRANCH_CHANNELS) != [width * 2 ** i for i in range(4)] or h.STAGE1_CHANNELS != 64:
-            return None
-        modules, blocks = list(h.NUM_MODULES), list(h.NUM_BLOCKS)
-        if width == 18 and modules == [1, 1, 3, 2] and blocks == [2, 2, 2, 2]:
-            return "open-mmlab://msra/hrnetv2_w18_small"
-        if width in (18, 48) and modules == [1, 1, 4, 3] and blocks == [4, 4, 4, 4]:
-            return f"open-mmlab://msra/hrnetv2_w{width}"
-    return None
+    rule = _IMAGENET_WEIGHTS_RULES.get(cfg.MODEL.BACKBONE.NAME)
+    return rule(cfg) if rule is not None else None
 
 
 def from_scratch_warning(cfg) -> Optional[str]:
@@ -132,6 +127,7 @@ def from_scratch_warning(cfg) -> Optional[str]:
     name = imagenet_weights_for(cfg)
     if cfg.MODEL.WEIGHTS or name is None:
         return None
-    return (f"MODEL.WEIGHTS is empty: training from scratch, where MMSegmentation's config of this "
-            f"model initialises its backbone from ImageNet ({name}); its results need that: "
-            f"MODEL.WEIGHTS {name} (docs/checkpoints.md)")
+    return (f"MODEL.WEIGHTS is empty: training from scratch, where MMSegmentation's configs of this "
+            f"model initialise its backbone from ImageNet ({name}) unless they train from scratch "
+            f"on purpose (BiSeNetV1 / ICNet without in1k-pre, LR-ASPP scratch); their results "
+            f"need it: MODEL.WEIGHTS {name} (docs/checkpoints.md)")

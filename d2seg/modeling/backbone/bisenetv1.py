@@ -13,7 +13,7 @@ as a top-level ResNet's (registered below), the rest with the generic ConvModule
 mmseg 0.30 passes ``norm_cfg`` to none of the BiSeNetV1 sub-modules: they use plain BN
 (``MODEL.BISENETV1.NORM``), only the ResNet uses the config's norm (``MODEL.RESNETS.NORM``).
 """
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +23,11 @@ from detectron2.config import CfgNode as CN
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ...checkpoint.catalog import register_imagenet_weights_rule
 from ...checkpoint.mmseg import register_nested_resnet
 from ...config import register_config_keys
 from ..layers.conv import conv_norm_act
-from .resnet import build_dilated_resnet_backbone
+from .resnet import build_dilated_resnet_backbone, resnet_imagenet_weights
 from .stdc import AttentionRefinementModule
 
 __all__ = ["BiSeNetV1", "SpatialPath", "ContextPath", "FeatureFusionModule",
@@ -38,6 +39,15 @@ CONTEXT_RESNET = "backbone.context_path.backbone."  # the ResNet's keys in the m
 RESNET_FORMATS = ("resnet_v1c", "resnet", "detectron2_resnet")
 
 register_nested_resnet(CONTEXT_RESNET)
+
+
+@register_imagenet_weights_rule("build_bisenetv1_backbone")
+def bisenetv1_imagenet_weights(cfg) -> Optional[str]:
+    """mmseg's in1k-pre configs load ResNetV1c weights into the context path's 7x7-stem ResNet (its
+    stages; the deep stem's keys are skipped), whatever stem MODEL.RESNETS names."""
+    if resnet_imagenet_weights(cfg) is None:  # not mmseg's widths
+        return None
+    return f"open-mmlab://resnet{cfg.MODEL.RESNETS.DEPTH}_v1c"
 
 
 @register_config_keys

@@ -5,7 +5,7 @@ Module names and nesting are mmseg's (``conv1``/``bn1`` stem, ``layer1``, ``tran
 so an mmseg (or open-mmlab HRNet ImageNet) state_dict loads with its keys unchanged. The blocks
 are written here rather than taken from Detectron2 because Detectron2's carry other names.
 """
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ from torch import nn
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ...checkpoint.catalog import register_imagenet_weights_rule
 from ...export.tracing import is_exporting
 
 __all__ = ["BasicBlock", "Bottleneck", "HRModule", "HRNet", "build_hrnet_backbone"]
@@ -246,6 +247,21 @@ class HRNet(Backbone):
             )
             for n in self._out_features
         }
+
+
+@register_imagenet_weights_rule("build_hrnet_backbone")
+def hrnet_imagenet_weights(cfg) -> Optional[str]:
+    """HRNetV2 W18-Small / W18 / W48 (mmseg's widths) -> ``open-mmlab://msra/hrnetv2_w..``."""
+    h = cfg.MODEL.HRNET
+    width = h.BRANCH_CHANNELS[0]
+    if list(h.BRANCH_CHANNELS) != [width * 2 ** i for i in range(4)] or h.STAGE1_CHANNELS != 64:
+        return None
+    modules, blocks = list(h.NUM_MODULES), list(h.NUM_BLOCKS)
+    if width == 18 and modules == [1, 1, 3, 2] and blocks == [2, 2, 2, 2]:
+        return "open-mmlab://msra/hrnetv2_w18_small"
+    if width in (18, 48) and modules == [1, 1, 4, 3] and blocks == [4, 4, 4, 4]:
+        return f"open-mmlab://msra/hrnetv2_w{width}"
+    return None
 
 
 @BACKBONE_REGISTRY.register()

@@ -7,6 +7,8 @@ Detectron2 ``Conv2d`` with ``norm``, so mmseg checkpoints load by the generic Co
 As in mmseg, a layer's stride and dilation apply to its first block only: the later blocks of a
 "dilated" layer run at dilation 1 (mmseg's ``make_layer``; kept for parity with its weights).
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +17,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
+from ...checkpoint.catalog import register_imagenet_weights_rule
 from ...config import register_config_keys
 from ..layers.conv import conv_norm_act
 from ..layers.norm import norm_with
@@ -103,6 +106,12 @@ class MobileNetV2(LayerSequenceBackbone):
 
     def forward(self, x: torch.Tensor):
         return self._run_layers(self.conv1(x))
+
+
+@register_imagenet_weights_rule("build_mobilenet_v2_backbone")
+def mobilenet_v2_imagenet_weights(cfg) -> Optional[str]:
+    """mmcls's MobileNetV2 at width 1.0, which mmseg's configs load."""
+    return "mmcls://mobilenet_v2" if cfg.MODEL.MOBILENET_V2.WIDEN_FACTOR == 1.0 else None
 
 
 @BACKBONE_REGISTRY.register()

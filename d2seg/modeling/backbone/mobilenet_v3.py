@@ -8,6 +8,8 @@ and every depthwise conv that the architecture gives stride 2 pad as TF "SAME"
 (mmcv's ``Conv2dAdaptivePadding``), and the last two stride-2 layers are set to stride 1 with the
 later layers dilated 2 and 4 (output stride 8).
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +18,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ...checkpoint.catalog import register_imagenet_weights_rule
 from ...config import register_config_keys
 from ...export.tracing import is_exporting
 from ..layers.conv import conv_norm_act, init_conv_module
@@ -201,6 +204,15 @@ class MobileNetV3(LayerSequenceBackbone):
 
     def forward(self, x: torch.Tensor):
         return self._run_layers(x)
+
+
+@register_imagenet_weights_rule("build_mobilenet_v3_backbone")
+def mobilenet_v3_imagenet_weights(cfg) -> Optional[str]:
+    """The contributed MobileNetV3 large / small ImageNet weights mmseg's LR-ASPP configs load."""
+    m = cfg.MODEL.MOBILENET_V3
+    if m.ARCH in ("large", "small") and m.REDUCTION_FACTOR == 1:
+        return f"open-mmlab://contrib/mobilenet_v3_{m.ARCH}"
+    return None
 
 
 @BACKBONE_REGISTRY.register()

@@ -10,12 +10,16 @@ Output stride 8/16/32 comes from per-stage strides and dilations (``STAGE_STRIDE
 ``STAGE_DILATIONS``); like mmseg's ``contract_dilation`` the first block of a dilated stage uses
 half the dilation; mmseg's ``multi_grid`` (``RES5_DILATION_PER_BLOCK``) sets res5's per-block dilations.
 """
+from typing import Optional
+
 from torch import nn
 import torch.nn.functional as F
 
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, CNNBlockBase, ResNet
+
+from ...checkpoint.catalog import register_imagenet_weights_rule
 
 __all__ = ["DeepStem", "DilatedBasicBlock", "build_dilated_resnet_backbone", "RESNET_BLOCKS",
            "init_like_mmseg"]
@@ -102,6 +106,21 @@ def init_like_mmseg(resnet: nn.Module, zero_init_residual: bool = True) -> nn.Mo
                 nn.init.zeros_(norm.weight)
                 nn.init.zeros_(norm.bias)
     return resnet
+
+
+@register_imagenet_weights_rule("build_dilated_resnet_backbone", "build_icnet_backbone")
+def resnet_imagenet_weights(cfg) -> Optional[str]:
+    """ResNet-18/50/101 of MODEL.RESNETS with mmseg's widths (also inside ICNet): deep stem -> ``open-mmlab://resnet{d}_v1c``, torchvision's -> ``torchvision://``."""
+    r = cfg.MODEL.RESNETS
+    expansion = 1 if r.DEPTH in (18, 34) else 4
+    standard = (r.STEM_OUT_CHANNELS == 64 and r.NUM_GROUPS == 1 and r.WIDTH_PER_GROUP == 64
+                and r.RES2_OUT_CHANNELS == 64 * expansion)
+    if standard and r.DEPTH in (18, 50, 101):
+        if r.STEM_TYPE == "deeplab":
+            return f"open-mmlab://resnet{r.DEPTH}_v1c"
+        if r.STEM_TYPE == "basic" and not r.STRIDE_IN_1X1:
+            return f"torchvision://resnet{r.DEPTH}"
+    return None
 
 
 @BACKBONE_REGISTRY.register()
