@@ -158,9 +158,13 @@ def test_upernet_convnext_training_step_matches_mmseg(tmp_path, monkeypatch):
     before = {k: p.detach().clone() for k, p in ours.items()}
     opt.step()
     ref_opt.step()
-    for k, p in ours.items():
-        q = ref_named[names[k]].detach()
-        d_ref, d = q - before[k], p.detach() - before[k]
+    deltas = {k: (p.detach() - before[k], ref_named[names[k]].detach() - before[k])
+              for k, p in ours.items()}
+    largest = max(d_ref.abs().max() for _, d_ref in deltas.values())
+    for k, (d, d_ref) in deltas.items():
+        if k in THEORY_ZERO:  # AdamW's step on rounding-noise gradients: noise below eps
+            assert max(d.abs().max(), d_ref.abs().max()) <= 1e-6 * largest, k
+            continue
         assert (d - d_ref).abs().max() <= 1e-9 * d_ref.abs().max().clamp(min=1e-30), k
 
 

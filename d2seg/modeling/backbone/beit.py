@@ -311,7 +311,7 @@ class BEiT(Backbone):
             if i in self.out_indices:
                 out = x[:, 1:]
                 outs[f"{self._prefix}{i}"] = out.transpose(1, 2).reshape(
-                    out.shape[0], out.shape[2], hw[0], hw[1])
+                    out.shape[0], out.shape[2], hw[0], hw[1]).contiguous()  # NCHW, as mmseg's
         return outs
     # output_shape: Detectron2's Backbone default, from _out_feature_channels/_strides
 

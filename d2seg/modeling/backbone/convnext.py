@@ -65,7 +65,8 @@ class LayerNorm2d(nn.LayerNorm):
     def forward(self, x):
         x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
                          self.eps)
-        return x.permute(0, 3, 1, 2).contiguous()
+        # a channels-last view (no copy): the next conv keeps that format, and so does the stage
+        return x.permute(0, 3, 1, 2)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -88,15 +89,21 @@ class ConvNeXtBlock(nn.Module):
         self.drop_path = DropPath(drop_path_rate)
 
     def _forward(self, x):
-        y = self.norm(self.depthwise_conv(x))
-        if self.linear_pw_conv:
-            y = y.permute(0, 2, 3, 1)  # N x H x W x C for the Linears
-        y = self.pointwise_conv2(self.act(self.pointwise_conv1(y)))
-        if self.linear_pw_conv:
-            y = y.permute(0, 3, 1, 2)
+        if not self.linear_pw_conv:
+            y = self.pointwise_conv2(self.act(self.pointwise_conv1(
+                self.norm(self.depthwise_conv(x)))))
+            if self.gamma is not None:
+                y = y * self.gamma.view(1, -1, 1, 1)
+            return x + self.drop_path(y)
+        # N x H x W x C for LN and the Linears: with a channels-last x (the stages run in that
+        # format) every step reads and writes contiguous memory, no transposing copy
+        y = self.depthwise_conv(x).permute(0, 2, 3, 1)
+        n = self.norm
+        y = self.pointwise_conv2(self.act(self.pointwise_conv1(
+            F.layer_norm(y, n.normalized_shape, n.weight, n.bias, n.eps))))
         if self.gamma is not None:
-            y = y * self.gamma.view(1, -1, 1, 1)
-        return x + self.drop_path(y)
+            y = y * self.gamma
+        return x + self.drop_path(y.permute(0, 3, 1, 2))
 
     def forward(self, x):
         if self.with_cp and x.requires_grad:
@@ -199,7 +206,8 @@ class ConvNeXt(Backbone):
             x = self.stages[i](self.downsample_layers[i](x))
             name = f"convnext{i + 1}"
             if name in self._out_features:
-                outs[name] = getattr(self, f"norm{i}")(x)
+                # contiguous NCHW out, as mmcls's (heads concatenate these maps)
+                outs[name] = getattr(self, f"norm{i}")(x).contiguous()
         return outs
     # output_shape: Detectron2's Backbone default, from _out_feature_channels/_strides
 

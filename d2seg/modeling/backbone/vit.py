@@ -226,7 +226,8 @@ class VisionTransformer(Backbone):
                 x = self.ln1(x)
             if i in self.out_indices:
                 tokens = x[:, 1:] if self.with_cls_token else x
-                outs[f"vit{i}"] = tokens.transpose(1, 2).reshape(n, -1, hw[0], hw[1])
+                # contiguous NCHW, as mmseg's: a channels-last view costs UPerNet's concat a copy
+                outs[f"vit{i}"] = tokens.transpose(1, 2).reshape(n, -1, hw[0], hw[1]).contiguous()
                 if self.output_cls_token:
                     outs[f"vit{i}_cls"] = x[:, 0]
         return outs
