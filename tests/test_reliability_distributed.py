@@ -139,7 +139,8 @@ def test_two_machines_train_together_and_fail_cleanly_when_one_dies(tmp_path):
              "--machine-rank", str(rank), "--dist-url", f"tcp://127.0.0.1:{port}", *TINY,
              "SOLVER.MAX_ITER", "20000", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0",
              "DATASETS.TEST", "()", "OUTPUT_DIR", out],
-            cwd=tmp_path, env=env, stdout=logs[rank], stderr=subprocess.STDOUT))
+            cwd=tmp_path, env=env, stdout=logs[rank], stderr=subprocess.STDOUT,
+            start_new_session=True))  # a "machine" = its process group (launcher + worker)
     try:
         deadline = time.time() + 240
         while not os.path.exists(os.path.join(out, "model_0000003.pth")):
@@ -149,16 +150,20 @@ def test_two_machines_train_together_and_fail_cleanly_when_one_dies(tmp_path):
         # they trained together: rank 1 logged nothing of its own checkpoints, one set exists
         assert sorted(f for f in os.listdir(out) if f.startswith("model_"))[:2] == \
             ["model_0000001.pth", "model_0000003.pth"]
-        procs[1].send_signal(signal.SIGKILL)
+        # the machine dies: its launcher and the worker Detectron2's launch spawned (killing
+        # the launcher alone leaves the worker training on)
+        os.killpg(procs[1].pid, signal.SIGKILL)
         procs[1].wait()
         t0 = time.time()
         rc = procs[0].wait(timeout=120)
         waited = time.time() - t0
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
     log0 = open(tmp_path / "rank0.log").read()
     assert rc != 0, log0[-3000:]
     assert waited < 90, waited
