@@ -12,6 +12,7 @@ import os
 import re
 from collections import OrderedDict
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -58,6 +59,7 @@ CLASSIC = ("fcn", "pspnet", "psanet", "deeplabv3", "deeplabv3plus", "upernet", "
            "nonlocal_net", "ccnet", "danet", "ann", "ocrnet")
 REALTIME = {"bisenetv1": 11, "bisenetv2": 4, "stdc": 4, "fastscnn": 1, "icnet": 12, "cgnet": 2,
             "erfnet": 1, "mobilenet_v2": 8, "mobilenet_v3": 4}  # mmseg 0.30's configs each
+MODERN = {"segformer": 13, "swin": 8, "convnext": 6}  # the transformer families generated so far
 PARAMS = OrderedDict()  # yaml -> parameter count (printed by the last test)
 BUFFERS = {}  # yaml -> number of buffer elements
 
@@ -137,7 +139,12 @@ def mmseg_meta_counts(model_cfg):
 
     key = repr(model_cfg)
     if key not in _MMSEG_COUNTS:
-        with torch.device("meta"):
+        linspace = torch.linspace
+
+        def cpu_linspace(*args, **kwargs):  # mmcls's drop-path rates: .item() of a linspace
+            return linspace(*args, **{**kwargs, "device": "cpu"})
+
+        with torch.device("meta"), mock.patch.object(torch, "linspace", cpu_linspace):
             ref = build_segmentor(model_cfg)
         _MMSEG_COUNTS[key] = count(ref), sum(b.numel() for b in ref.buffers())
     return _MMSEG_COUNTS[key]
@@ -312,7 +319,15 @@ def test_generator_rejects_what_it_does_not_understand(monkeypatch):
 
     cases = [
         (lambda c: c["model"]["backbone"].update(frozen_stages=1), "model.backbone.frozen_stages"),
-        (lambda c: c["optimizer"].update(paramwise_cfg={}), "optimizer.paramwise_cfg"),
+        (lambda c: c["optimizer"].update(paramwise_cfg=dict(bypass_duplicate=True)),
+         "optimizer.paramwise_cfg.bypass_duplicate"),
+        (lambda c: c["optimizer"].update(paramwise_cfg=dict(custom_keys={"head": dict(
+            lr_mult=10.0, momentum_mult=2.0)})), "optimizer.paramwise_cfg.custom_keys.head"),
+        (lambda c: c["optimizer"].update(constructor="MyConstructor"), "optimizer.constructor"),
+        (lambda c: c["optimizer"].update(constructor="LearningRateDecayOptimizerConstructor",
+                                         paramwise_cfg=dict(decay_type="block_wise",
+                                                            num_layers=6, decay_rate=0.9)),
+         "decay_type='block_wise'"),
         (lambda c: c["model"]["decode_head"].update(sampler=dict(type="RandomPixelSampler")),
          "model.decode_head.sampler.type"),
         (lambda c: c["model"]["backbone"].update(init_cfg=dict(type="Kaiming")),
@@ -325,7 +340,7 @@ def test_generator_rejects_what_it_does_not_understand(monkeypatch):
          "pipeline"),
         (lambda c: c.update(fp16=dict(loss_scale=512.0)), "fp16"),
         (lambda c: c.update(fp16={}, optimizer_config=dict(type="Fp16OptimizerHook",
-                                                           loss_scale="dynamic")),
+                                                           loss_scale=dict(init_scale=512.0))),
          "optimizer_config.loss_scale"),
         (lambda c: c["data"]["test"].update(type="DarkZurichDataset", img_dir="elsewhere"),
          "data.test.img_dir"),
@@ -339,6 +354,28 @@ def test_generator_rejects_what_it_does_not_understand(monkeypatch):
         monkeypatch.setattr(gen.read, "load_mmseg", _patched(real, edit))
         with pytest.raises(gen.TranslationError, match=re.escape(where)):
             gen.Translation(stem)
+    # what is understood: mmcv's paramwise_cfg and mmseg's decay constructors, dynamic fp16
+    for edit, want in [
+        (lambda c: c["optimizer"].update(paramwise_cfg=dict(
+            custom_keys={"norm": dict(decay_mult=0.0), "head": dict(lr_mult=10.0)},
+            bias_lr_mult=2.0)),
+         {"SOLVER.PARAMWISE.CUSTOM_KEYS": [["head", 10.0, 1.0], ["norm", 1.0, 0.0]],
+          "SOLVER.PARAMWISE.BIAS_LR_MULT": 2.0, "SOLVER.LR_DECAY.TYPE": ""}),
+        (lambda c: c["optimizer"].update(constructor="LayerDecayOptimizerConstructor",
+                                         paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.65)),
+         {"SOLVER.LR_DECAY.TYPE": "layer_decay", "SOLVER.LR_DECAY.NUM_LAYERS": 12,
+          "SOLVER.LR_DECAY.RATE": 0.65, "SOLVER.PARAMWISE.CUSTOM_KEYS": []}),
+        (lambda c: c.update(fp16={}, optimizer_config=dict(type="Fp16OptimizerHook",
+                                                           loss_scale="dynamic")),
+         {"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.LOSS_SCALE": 0.0}),
+    ]:
+        monkeypatch.setattr(gen.read, "load_mmseg", _patched(real, edit))
+        cfg = gen.Translation(stem).cfg
+        for key, value in want.items():
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            assert node == value, key
     monkeypatch.setattr(gen.read, "load_mmseg", real)
     t = gen.Translation(stem)  # unpatched: translates
     assert t.cfg.SOLVER.IMS_PER_BATCH == 8 and t.cfg.MODEL.SEM_SEG_HEAD.NAME == "PSPHead"
@@ -405,7 +442,8 @@ def test_adam_is_torch_adam_with_mmcv_arguments():
 
 
 def test_every_mmseg_config_is_generated_or_blocked():
-    """All 390 mmseg 0.30 configs of the 13 methods and the 47 of the real-time families: a
+    """All 390 mmseg 0.30 configs of the 13 methods, the 47 of the real-time families and those of
+    the transformer families generated so far (MODERN): a
     yaml each (listed by d2seg.model_zoo), but for BLOCKED, each of which still fails to
     translate for the reason given."""
     gen = _generator()
@@ -413,11 +451,11 @@ def test_every_mmseg_config_is_generated_or_blocked():
 
     root = Path(gen.mmseg_config_root())
     assert list(gen.METHODS)[: len(CLASSIC)] == list(CLASSIC)
-    assert sorted(gen.METHODS) == sorted(CLASSIC + tuple(REALTIME))
+    assert sorted(gen.METHODS) == sorted(CLASSIC + tuple(REALTIME) + tuple(MODERN))
     stems = sorted(f"{folder}/{p.stem}" for folder in gen.METHODS
                    for p in (root / folder).glob("*.py"))
     assert len([s for s in stems if s.split("/")[0] in CLASSIC]) == 390
-    for folder, n in REALTIME.items():
+    for folder, n in {**REALTIME, **MODERN}.items():
         assert len([s for s in stems if s.split("/")[0] == folder]) == n, folder
     listed = set(model_zoo.list_configs())
     missing = [s for s in stems if s + ".yaml" not in listed and s not in gen.BLOCKED]

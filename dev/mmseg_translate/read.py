@@ -53,8 +53,10 @@ def mmseg_parent(path):
     folder = os.path.basename(os.path.dirname(path))
     if isinstance(base, str) and base.startswith("../_base_/datasets/"):
         base = [base]
+    if isinstance(base, list) and len(base) == 1 and not base[0].startswith("../_base_/"):
+        base = base[0]  # ['./<leaf>.py'] (SegFormer B1-B5, Swin): that leaf, as a str would
     if isinstance(base, str):
-        m = re.fullmatch(r"\./(.+)\.py", base)
+        m = re.fullmatch(r"(?:\./)?([^/]+)\.py", base)  # './<leaf>.py' or '<leaf>.py' (Swin)
         if m:
             return "leaf", f"{folder}/{m[1]}"
         m = re.fullmatch(r"\.\./(\w+)/(.+)\.py", base)  # MobileNetV2's: another folder's leaf

@@ -38,8 +38,14 @@ REALTIME = OrderedDict([
     ("mobilenet_v2", "MobileNetV2"),
     ("mobilenet_v3", "MobileNetV3"),
 ])
+MODERN = OrderedDict([  # the transformer generation (issue 21)
+    ("segformer", "SegFormer"),
+    ("swin", "Swin Transformer"),
+    ("convnext", "ConvNeXt"),
+])
 METHODS_CLASSIC = list(METHODS)  # the 390 configs of the 13 methods
 METHODS.update(REALTIME)
+METHODS.update(MODERN)
 # mmseg configs that d2seg cannot express yet: stem -> why (the generator reports them; the
 # test checks that each still fails, with this reason, so the list cannot go stale)
 BLOCKED = {  # stem -> (what the translation stops at, why d2seg cannot run it)
@@ -83,7 +89,7 @@ METHOD_ARGS = {  # per head type: mmseg argument -> absolute d2seg key (families
 HEAD_HOOKS = {}  # head type -> fn(translation, args, node): reads what only that head has
 FAMILIES = {}  # mmseg backbone type -> Family
 FAMILY_MODULES = ["resnet", "hrnet", "bisenetv1", "bisenetv2", "stdc", "fast_scnn", "icnet",
-                  "cgnet", "erfnet", "mobilenet"]
+                  "cgnet", "erfnet", "mobilenet", "segformer", "swin", "convnext"]
 
 
 class Family:

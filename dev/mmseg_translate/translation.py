@@ -293,10 +293,15 @@ class Translation:
         gpus = GPUS
         m = re.search(r"_b(\d+)_", self.stem)
         per_gpu = data.take("samples_per_gpu")
+        # the stem's <GPUs>x<images per GPU> (SegFormer's _8x1_, K-Net's _8x2_), where it says
+        m2 = [int(g) for g, n in re.findall(r"_(\d+)x(\d+)_", self.stem)
+              if int(n) == per_gpu and int(g) in (1, 2, 4, 8, 16)]
         if m:  # e.g. OCRNet's _b16_: 8 GPUs x 2
             if int(m[1]) % per_gpu:
                 raise TranslationError(f"{self.stem}: batch {m[1]} vs samples_per_gpu {per_gpu}")
             gpus = int(m[1]) // per_gpu
+        elif m2:
+            gpus = m2[0]
         self.facts["gpus"], self.facts["per_gpu"] = gpus, per_gpu
         self.set("SOLVER.IMS_PER_BATCH", per_gpu * gpus,
                  f"mmseg: {gpus} GPUs x {per_gpu} images (samples_per_gpu)")
@@ -519,14 +524,57 @@ class Translation:
         # mmcv keeps the scale at 512 (GradScaler.update(512.) every step, still skipping
         # steps with inf/nan gradients): SOLVER.AMP.LOSS_SCALE does the same
         scale = hook.take("loss_scale")
-        if not isinstance(scale, float) or scale <= 0:
+        if scale == "dynamic":  # mmcv: torch's GradScaler() with its defaults, as d2seg's 0
+            scale, note = 0.0, "dynamic: torch's GradScaler, as mmcv's loss_scale='dynamic'"
+        elif isinstance(scale, float) and scale > 0:
+            note = "static, as mmcv's Fp16OptimizerHook"
+        else:
             raise TranslationError(f"{self.stem}: optimizer_config.loss_scale={scale!r}: d2seg "
-                                   "has static float scales")
+                                   "has static float scales and 'dynamic'")
         self.set("SOLVER.AMP.ENABLED", True,
                  "mmseg's fp16 (Fp16OptimizerHook): autocast in float16")
         self.set("SOLVER.AMP.DTYPE", "float16")
-        self.set("SOLVER.AMP.LOSS_SCALE", scale, "static, as mmcv's Fp16OptimizerHook")
+        self.set("SOLVER.AMP.LOSS_SCALE", scale, note)
         self.facts["fp16"] = True
+
+    def paramwise(self, opt):
+        """mmcv's paramwise_cfg -> SOLVER.PARAMWISE; mmseg's layer-wise lr decay constructors
+        -> SOLVER.LR_DECAY (docs/parity.md, "Optimiser constructors")."""
+        cons = opt.take("constructor", "DefaultOptimizerConstructor")
+        pw = opt.node("paramwise_cfg", {})
+        if cons == "DefaultOptimizerConstructor":
+            keys = []
+            for key, mult in sorted(pw.take("custom_keys", {}).items()):
+                m = Node(mult, f"{pw.path}.custom_keys.{key}")
+                self.root.children.append(m)
+                keys.append([key, float(m.take("lr_mult", 1.0)), float(m.take("decay_mult", 1.0))])
+            if keys:
+                self.set("SOLVER.PARAMWISE.CUSTOM_KEYS", keys,
+                         "mmcv paramwise_cfg.custom_keys: [substring, lr_mult, decay_mult]")
+            for arg in ("bias_lr_mult", "bias_decay_mult", "norm_decay_mult",
+                        "dwconv_decay_mult"):
+                if pw.has(arg):
+                    self.set(f"SOLVER.PARAMWISE.{arg.upper()}", float(pw.take(arg)))
+            for arg in ("bypass_duplicate", "flat_decay_mult", "dcn_offset_lr_mult"):
+                if pw.has(arg):
+                    raise TranslationError(f"{self.stem}: {pw.path}.{arg}: d2seg's "
+                                           "SOLVER.PARAMWISE does not have it")
+        elif cons == "LearningRateDecayOptimizerConstructor":
+            kind = pw.take("decay_type")
+            if kind not in ("stage_wise", "layer_wise"):
+                raise TranslationError(f"{self.stem}: {pw.path}.decay_type={kind!r}: d2seg has "
+                                       "stage_wise, layer_wise")
+            self.set("SOLVER.LR_DECAY.TYPE", kind, "mmseg's LearningRateDecayOptimizerConstructor")
+            self.set("SOLVER.LR_DECAY.NUM_LAYERS", pw.take("num_layers"))
+            self.set("SOLVER.LR_DECAY.RATE", float(pw.take("decay_rate")))
+        elif cons == "LayerDecayOptimizerConstructor":
+            self.set("SOLVER.LR_DECAY.TYPE", "layer_decay", "mmseg's LayerDecayOptimizerConstructor")
+            self.set("SOLVER.LR_DECAY.NUM_LAYERS", pw.take("num_layers"))
+            self.set("SOLVER.LR_DECAY.RATE", float(pw.take("layer_decay_rate")))
+        else:
+            raise TranslationError(f"{self.stem}: optimizer.constructor={cons!r}: d2seg has "
+                                   "mmcv's default, LearningRateDecayOptimizerConstructor and "
+                                   "LayerDecayOptimizerConstructor")
 
     def schedule(self):
         r = self.root
@@ -545,6 +593,7 @@ class Translation:
         wd = opt.take("weight_decay")
         self.set("SOLVER.WEIGHT_DECAY", wd)
         self.set("SOLVER.WEIGHT_DECAY_NORM", wd)  # no paramwise_cfg: norms decay too
+        self.paramwise(opt)
         self.amp(r)
         lr = r.node("lr_config")
         lr.expect("by_epoch", False)
