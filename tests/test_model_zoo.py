@@ -59,7 +59,8 @@ CLASSIC = ("fcn", "pspnet", "psanet", "deeplabv3", "deeplabv3plus", "upernet", "
            "nonlocal_net", "ccnet", "danet", "ann", "ocrnet")
 REALTIME = {"bisenetv1": 11, "bisenetv2": 4, "stdc": 4, "fastscnn": 1, "icnet": 12, "cgnet": 2,
             "erfnet": 1, "mobilenet_v2": 8, "mobilenet_v3": 4}  # mmseg 0.30's configs each
-MODERN = {"segformer": 13, "swin": 8, "convnext": 6}  # the transformer families generated so far
+MODERN = {"segformer": 13, "swin": 8, "convnext": 6, "twins": 12,
+          "poolformer": 5}  # the transformer families generated so far
 PARAMS = OrderedDict()  # yaml -> parameter count (printed by the last test)
 BUFFERS = {}  # yaml -> number of buffer elements
 

@@ -42,6 +42,8 @@ MODERN = OrderedDict([  # the transformer generation (issue 21)
     ("segformer", "SegFormer"),
     ("swin", "Swin Transformer"),
     ("convnext", "ConvNeXt"),
+    ("twins", "Twins"),
+    ("poolformer", "PoolFormer"),
 ])
 METHODS_CLASSIC = list(METHODS)  # the 390 configs of the 13 methods
 METHODS.update(REALTIME)
@@ -89,7 +91,8 @@ METHOD_ARGS = {  # per head type: mmseg argument -> absolute d2seg key (families
 HEAD_HOOKS = {}  # head type -> fn(translation, args, node): reads what only that head has
 FAMILIES = {}  # mmseg backbone type -> Family
 FAMILY_MODULES = ["resnet", "hrnet", "bisenetv1", "bisenetv2", "stdc", "fast_scnn", "icnet",
-                  "cgnet", "erfnet", "mobilenet", "segformer", "swin", "convnext"]
+                  "cgnet", "erfnet", "mobilenet", "segformer", "swin", "convnext",
+                  "twins", "poolformer"]
 
 
 class Family:

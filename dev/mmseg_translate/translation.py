@@ -311,6 +311,14 @@ class Translation:
             if name == "test" and not data.has("test"):
                 continue  # the occluded-face config: tested on data.val (mmseg's EvalHook)
             v = data.take(name)
+            if isinstance(v, dict) and v.get("type") == "RepeatDataset":
+                # PoolFormer's train set, repeated `times` per epoch: with iteration-based
+                # training and d2seg's infinite shuffled sampler, the same image distribution
+                rep = Node(v, f"data.{name}")
+                data.children.append(rep)
+                rep.take("type")
+                rep.take("times")
+                v = rep.take("dataset")
             many = isinstance(v, (list, tuple))
             if many and name != "train":
                 raise TranslationError(f"{self.stem}: data.{name} is a list: d2seg tests one set")
