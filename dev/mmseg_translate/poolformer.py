@@ -11,9 +11,7 @@ ARCHS = ("s12", "s24", "s36", "m36", "m48")
 def translate(t, b, btype):
     t.set("MODEL.BACKBONE.NAME", "build_poolformer_backbone")
     t.root.expect("custom_imports", dict(imports="mmcls.models", allow_failed_imports=False))
-    ckpt = t.root.take("checkpoint_file", None)
-    if ckpt is not None and ckpt != (b.d.get("init_cfg") or {}).get("checkpoint"):
-        raise TranslationError(f"{t.stem}: checkpoint_file is not the backbone's init_cfg")
+    t.variable("checkpoint_file", (b.d.get("init_cfg") or {}).get("checkpoint"))
     arch = b.take("arch", "s12")
     if arch not in ARCHS:  # a dict arch: the custom keys exist, no zoo config uses them
         raise TranslationError(f"{b.path}.arch={arch!r}: one of {ARCHS}")

@@ -11,11 +11,8 @@ _SIZES = {(96, (2, 2, 6, 2)): "T", (96, (2, 2, 18, 2)): "S", (128, (2, 2, 18, 2)
 def translate(t, b, btype):
     t.set("MODEL.BACKBONE.NAME", "build_swin_backbone")
     # variables of the B/L config files, already read through the values they fed
-    ckpt = t.root.take("checkpoint_file", None)
-    if ckpt is not None and ckpt != (b.d.get("init_cfg") or {}).get("checkpoint"):
-        raise TranslationError(f"{t.stem}: checkpoint_file is not the backbone's init_cfg")
-    if t.root.take("backbone_norm_cfg", b.d.get("norm_cfg")) != b.d.get("norm_cfg"):
-        raise TranslationError(f"{t.stem}: backbone_norm_cfg is not the backbone's norm_cfg")
+    t.variable("checkpoint_file", (b.d.get("init_cfg") or {}).get("checkpoint"))
+    t.variable("backbone_norm_cfg", b.d.get("norm_cfg"))
     b.expect("in_channels", 3, 3)
     t.take_keys(b, "MODEL.SWIN", {
         "embed_dims": "EMBED_DIMS", "depths": "DEPTHS", "num_heads": "NUM_HEADS",

@@ -155,6 +155,12 @@ class Translation:
         self.set("MODEL.WEIGHTS", weights, "mmseg's backbone init (ImageNet); \"\" = from scratch")
         self.facts["pretrained"] = weights
 
+    def variable(self, name, value):
+        """A variable of mmseg's config files (``checkpoint_file``, ``backbone_norm_cfg``, ...),
+        read through the value it fed: it must be that value."""
+        if not _same(self.root.take(name, value), value):
+            raise TranslationError(f"{self.stem}: variable {name} is not {value!r}, what it fed")
+
     def take_keys(self, node, prefix, table):
         """mmseg arguments of ``node`` that are in ``table`` (mmseg name -> key under prefix)."""
         for arg, key in table.items():

@@ -16,10 +16,8 @@ def translate(t, b, btype):
     t.set("MODEL.BACKBONE.NAME", "build_pcpvt_backbone" if btype == "PCPVT" else
           "build_svt_backbone")
     # variables of the config files, read through the values they fed
-    ckpt = t.root.take("checkpoint", None)
-    if ckpt is not None and ckpt != (b.d.get("init_cfg") or {}).get("checkpoint"):
-        raise TranslationError(f"{t.stem}: checkpoint is not the backbone's init_cfg")
-    t.root.expect("backbone_norm_cfg", b.d.get("norm_cfg"), b.d.get("norm_cfg"))
+    t.variable("checkpoint", (b.d.get("init_cfg") or {}).get("checkpoint"))
+    t.variable("backbone_norm_cfg", b.d.get("norm_cfg"))
     b.expect("in_channels", 3, 3)
     t.take_keys(b, "MODEL.TWINS", {
         "embed_dims": "EMBED_DIMS", "num_heads": "NUM_HEADS", "patch_sizes": "PATCH_SIZES",
