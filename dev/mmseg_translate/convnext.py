@@ -15,7 +15,7 @@ def translate(t, b, btype):
     t.set("MODEL.BACKBONE.NAME", "build_convnext_backbone")
     # the config files' variables and mmcls's import, read through what they fed
     t.root.expect("custom_imports", dict(imports="mmcls.models", allow_failed_imports=False))
-    t.variable("checkpoint_file", (b.d.get("init_cfg") or {}).get("checkpoint"))
+    t.init_variable("checkpoint_file", b)
     arch = b.take("arch", "tiny")
     if arch not in ARCHS:
         raise TranslationError(f"{b.path}.arch={arch!r}: one of {sorted(ARCHS)}")

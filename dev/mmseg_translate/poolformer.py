@@ -11,7 +11,7 @@ ARCHS = ("s12", "s24", "s36", "m36", "m48")
 def translate(t, b, btype):
     t.set("MODEL.BACKBONE.NAME", "build_poolformer_backbone")
     t.root.expect("custom_imports", dict(imports="mmcls.models", allow_failed_imports=False))
-    t.variable("checkpoint_file", (b.d.get("init_cfg") or {}).get("checkpoint"))
+    t.init_variable("checkpoint_file", b)
     arch = b.take("arch", "s12")
     if arch not in ARCHS:  # a dict arch: the custom keys exist, no zoo config uses them
         raise TranslationError(f"{b.path}.arch={arch!r}: one of {ARCHS}")

@@ -11,7 +11,7 @@ _SIZES = {(96, (2, 2, 6, 2)): "T", (96, (2, 2, 18, 2)): "S", (128, (2, 2, 18, 2)
 def translate(t, b, btype):
     t.set("MODEL.BACKBONE.NAME", "build_swin_backbone")
     # variables of the B/L config files, already read through the values they fed
-    t.variable("checkpoint_file", (b.d.get("init_cfg") or {}).get("checkpoint"))
+    t.init_variable("checkpoint_file", b)
     t.variable("backbone_norm_cfg", b.d.get("norm_cfg"))
     b.expect("in_channels", 3, 3)
     t.take_keys(b, "MODEL.SWIN", {

@@ -15,6 +15,7 @@ from .registry import BLOCKED, HEAD_ARGS, HEAD_HOOKS, METHOD_ARGS, family_of  # 
 # schemes d2seg's checkpoint resolver takes (see docs/checkpoints.md)
 WEIGHTS_RE = re.compile(
     r"^(open-mmlab://|torchvision://|mmcls://|https://download\.openmmlab\.com/)\S+$")
+LOCAL_PRETRAIN_RE = re.compile(r"^(\./)?pretrain/[\w.-]+\.pth$")  # mmseg's converted files
 GPUS = 4  # "We use distributed training with 4 GPUs by default" (mmseg docs/en/model_zoo.md)
 
 AUX_NODES = ["MODEL.AUX_HEAD", "MODEL.AUX_HEAD_2", "MODEL.AUX_HEAD_3", "MODEL.AUX_HEAD_4"]
@@ -149,6 +150,14 @@ class Translation:
             weights = init.take("checkpoint")
         if weights is None:
             weights = ""
+        elif LOCAL_PRETRAIN_RE.match(weights):
+            # ViT/DeiT/BEiT/MAE: a file mmseg's converters write locally from the authors'
+            # release (never published by OpenMMLab); d2seg reads the original layouts itself
+            self.set("MODEL.WEIGHTS", "", f"mmseg loads {weights} (made by its tools/"
+                     "model_converters from the authors' ImageNet file): give that file, or "
+                     "the original, as MODEL.WEIGHTS (docs/checkpoints.md)")
+            self.facts["pretrained"] = weights
+            return
         elif not WEIGHTS_RE.match(weights):
             raise TranslationError(f"{self.stem}: backbone weights {weights!r}: not an "
                                    "open-mmlab://, torchvision:// or download.openmmlab.com name")
@@ -160,6 +169,11 @@ class Translation:
         read through the value it fed: it must be that value."""
         if not _same(self.root.take(name, value), value):
             raise TranslationError(f"{self.stem}: variable {name} is not {value!r}, what it fed")
+
+    def init_variable(self, name, backbone):
+        """The config files' variable (``checkpoint_file``, ...) naming the backbone's init_cfg
+        checkpoint, read through that checkpoint."""
+        self.variable(name, (backbone.d.get("init_cfg") or {}).get("checkpoint"))
 
     def take_keys(self, node, prefix, table):
         """mmseg arguments of ``node`` that are in ``table`` (mmseg name -> key under prefix)."""
@@ -530,6 +544,14 @@ class Translation:
                 self.set("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", float(clip.take("max_norm")))
                 self.set("SOLVER.CLIP_GRADIENTS.NORM_TYPE", float(clip.take("norm_type", 2)))
             self.set("SOLVER.AMP.ENABLED", False)
+            return
+        if r.d.get("optimizer_config") == {}:
+            # MAE's fp16 = dict(loss_scale='dynamic') next to a plain OptimizerHook: mmseg 0.30's
+            # train_segmentor never reads `fp16`, so it trains in float32, as d2seg then does
+            Node(fp16, "fp16").items()
+            r.take("optimizer_config")
+            self.set("SOLVER.AMP.ENABLED", False, "mmseg's `fp16` without Fp16OptimizerHook is "
+                     "unused: float32")
             return
         if fp16 != {}:
             raise TranslationError(f"{self.stem}: fp16 = {fp16!r}: d2seg only supports dict()")

@@ -16,7 +16,7 @@ def translate(t, b, btype):
     t.set("MODEL.BACKBONE.NAME", "build_pcpvt_backbone" if btype == "PCPVT" else
           "build_svt_backbone")
     # variables of the config files, read through the values they fed
-    t.variable("checkpoint", (b.d.get("init_cfg") or {}).get("checkpoint"))
+    t.init_variable("checkpoint", b)
     t.variable("backbone_norm_cfg", b.d.get("norm_cfg"))
     b.expect("in_channels", 3, 3)
     t.take_keys(b, "MODEL.TWINS", {

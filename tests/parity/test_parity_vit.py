@@ -161,6 +161,15 @@ def test_upernet_vit_training_step_matches_mmseg(tmp_path, monkeypatch):
 def test_vit_configs_build_mmseg_shapes(mmseg_name, opts, monkeypatch):
     """The base yaml with the variant's values has the parameter names and shapes of mmseg's
     own config (150 classes)."""
+    assert_mmseg_shapes(YAML, mmseg_name, ["MODEL.SEM_SEG_HEAD.NORM", "BN",
+                                           "MODEL.AUX_HEAD.NORM", "BN",
+                                           "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 150] + opts,
+                        monkeypatch)
+
+
+def assert_mmseg_shapes(yaml, mmseg_name, opts, monkeypatch):
+    """d2seg's model from ``yaml`` + ``opts`` has the parameter names (after the mmseg
+    conversion) and shapes of the model of mmseg's config ``mmseg_name`` (SyncBN as BN)."""
     for fn in ("kaiming_uniform_", "kaiming_normal_", "uniform_", "normal_", "trunc_normal_",
                "xavier_uniform_"):  # full-size models: only the shapes matter, skip the init
         monkeypatch.setattr(torch.nn.init, fn, lambda t, *args, **kwargs: t)
@@ -173,8 +182,6 @@ def test_vit_configs_build_mmseg_shapes(mmseg_name, opts, monkeypatch):
     ref = build_segmentor(cfg.model)
     theirs = convert_mmseg_state_dict(
         {k: v.shape for k, v in ref.state_dict().items()}, is_resnet=False)
-    model = build_model(get_d2seg_cfg(YAML, ["MODEL.SEM_SEG_HEAD.NORM", "BN",
-                                             "MODEL.AUX_HEAD.NORM", "BN",
-                                             "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 150] + opts))
+    model = build_model(get_d2seg_cfg(yaml, opts))
     ours = {k: v.shape for k, v in model.state_dict().items()}
     assert ours == theirs
