@@ -249,3 +249,13 @@ def assert_close_to_scale(got, expected, rel=1e-4):
     """Same shape, and within ``rel`` of max(1, the reference's largest magnitude)."""
     assert got.shape == expected.shape
     assert (got - expected).abs().max() <= rel * max(1.0, expected.abs().max().item())
+
+
+def logits_in(ref, model, size, dtype):
+    """Both models cast to ``dtype``, run on the seeded calibration image of ``size``:
+    (image, mmseg's logits, d2seg's logits)."""
+    ref.to(dtype)
+    model.to(dtype)
+    img = calibration_images(1, size, seed=1).to(dtype)
+    with torch.no_grad():
+        return img, ref.encode_decode(img, [{}]), model.encode_decode(img)

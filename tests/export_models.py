@@ -15,6 +15,15 @@ _HRNET = ["MODEL.HRNET.NORM", "BN", "MODEL.HRNET.STAGE1_CHANNELS", 8,
           "MODEL.HRNET.NUM_BLOCKS", [1, 1, 1, 1]]
 _HEAD = ["MODEL.SEM_SEG_HEAD.NORM", "BN", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5,
          "MODEL.AUX_HEAD.NAME", ""]
+# SETR: a 2-layer ViT of 32 dims, 16-channel heads; no auxiliary heads (not exported)
+_SETR = ["MODEL.VIT.EMBED_DIMS", 32, "MODEL.VIT.NUM_LAYERS", 2, "MODEL.VIT.NUM_HEADS", 2,
+         "MODEL.VIT.IMG_SIZE", [64, 64], "MODEL.VIT.OUT_INDICES", [0, 1],
+         "MODEL.AUX_HEAD_2.NAME", "", "MODEL.AUX_HEAD_3.NAME", "", "MODEL.AUX_HEAD_4.NAME", ""]
+_SETR_UP = [*_SETR, "MODEL.SEM_SEG_HEAD.IN_FEATURES", ["vit1"], "MODEL.SEM_SEG_HEAD.CONVS_DIM", 16]
+# K-Net's update heads: 16-d kernels in updator rows of 8, 2 heads
+_KNET = ["MODEL.KNET_HEAD.NUM_HEADS", 2, "MODEL.KNET_HEAD.FEEDFORWARD_CHANNELS", 32,
+         "MODEL.KNET_HEAD.UPDATOR_IN_CHANNELS", 8, "MODEL.KNET_HEAD.UPDATOR_FEAT_CHANNELS", 8,
+         "MODEL.KNET_HEAD.UPDATOR_OUT_CHANNELS", 8]
 
 # method -> (base model config, extra overrides)
 METHODS = {
@@ -37,6 +46,15 @@ METHODS = {
     "ocrnet": ("ocrnet_hr18", ["MODEL.CASCADE_HEAD.NORM", "BN", "MODEL.CASCADE_HEAD.CONVS_DIM", 28,
                                "MODEL.SEM_SEG_HEAD.CONVS_DIM", 16, "MODEL.OCR_HEAD.OCR_CHANNELS", 8,
                                ]),
+    "setr_naive": ("setr_naive", _SETR_UP),
+    "setr_pup": ("setr_pup", _SETR_UP),
+    "setr_mla": ("setr_mla", [*_SETR, "MODEL.NECK.IN_FEATURES", ["vit0", "vit1"],
+                              "MODEL.NECK.OUT_CHANNELS", 16, "MODEL.NECK.MLA.NORM", "BN",
+                              "MODEL.SEM_SEG_HEAD.IN_FEATURES", ["mla0", "mla1"],
+                              "MODEL.SEM_SEG_HEAD.CONVS_DIM", 16,
+                              "MODEL.SETR_MLA_HEAD.MLA_CHANNELS", 8]),
+    "knet": ("knet_s3_fcn_r50-d8", ["MODEL.SEM_SEG_HEAD.CONVS_DIM", 16, *_KNET]),
+    "knet_upernet": ("knet_s3_upernet_r50-d8", ["MODEL.SEM_SEG_HEAD.CONVS_DIM", 16, *_KNET]),
 }
 
 
@@ -63,11 +81,28 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     model.eval()
     img = torch.randn(1, 3, 64, 96, generator=g)
     for head in [getattr(model, "cascade_head", None), model.decode_head]:
-        if head is not None:
+        if hasattr(head, "kernel_update_head"):  # K-Net: every stage's classifier, in turn
+            _randomize_knet_stages(head, model.extract_feat(img), g)
+        elif head is not None:
             feats = model.extract_feat(img)  # (through the neck, if any)
             logits = model.decode(feats) if head is model.decode_head else head(feats)[0]
             head.conv_seg.weight /= logits.abs().max() / 3
     return model
+
+
+def _randomize_knet_stages(head, feats, g):
+    # LayerNorms off their 1/0 init (else the tiny model's class kernels nearly coincide: argmax
+    # ties everywhere), then stage 0's classifier (the generator's conv_seg) and each update
+    # head's fc_mask scaled in turn, so every stage's logits are O(1)
+    for m in head.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    layers = [head.kernel_generate_head.conv_seg] + [h.fc_mask for h in head.kernel_update_head]
+    for i, layer in enumerate(layers):
+        scale = head.stage_logits(feats)[i].abs().max() / 3
+        layer.weight /= scale
+        layer.bias /= scale
 
 
 def tiny_model(method: str, opts=()):

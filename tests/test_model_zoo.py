@@ -435,6 +435,48 @@ def test_generator_translates_and_rejects_realtime_recipes(monkeypatch):
             gen.Translation(stem)
 
 
+def test_generator_translates_and_rejects_transformer_recipes(monkeypatch):
+    """The transformer families' recipes (AdamW, paramwise custom keys, ConvNeXt's stage-wise LR
+    decay and dynamic fp16, linear warm-up on poly, slide test, stochastic depth), and an error
+    naming the key for a value d2seg's families cannot express."""
+    gen = _generator()
+    t = gen.Translation("segformer/segformer_mit-b0_512x512_160k_ade20k")
+    s = t.cfg.SOLVER
+    assert (s.OPTIMIZER, s.BASE_LR, list(s.BETAS), s.WARMUP_ITERS, s.WARMUP_FACTOR) == (
+        "AdamW", 6e-05, [0.9, 0.999], 1500, 1e-06)
+    assert s.PARAMWISE.CUSTOM_KEYS == [["head", 10.0, 1.0], ["norm", 1.0, 0.0],
+                                       ["pos_block", 1.0, 0.0]]
+    assert t.cfg.MODEL.MIT.DROP_PATH_RATE == 0.1
+    t = gen.Translation("convnext/upernet_convnext_tiny_fp16_512x512_160k_ade20k")
+    s = t.cfg.SOLVER
+    assert (s.LR_DECAY.TYPE, s.LR_DECAY.NUM_LAYERS, s.LR_DECAY.RATE) == ("stage_wise", 6, 0.9)
+    assert s.AMP.ENABLED and s.AMP.LOSS_SCALE == 0.0  # loss_scale='dynamic'
+    assert (t.cfg.TEST.MODE, list(t.cfg.TEST.STRIDE)) == ("slide", [341, 341])
+    assert t.cfg.MODEL.CONVNEXT.DROP_PATH_RATE == 0.4
+
+    real = gen.read.load_mmseg
+    swin = "swin/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K"
+    cases = [
+        (swin, lambda c: c.update(checkpoint_file="elsewhere.pth"), "variable checkpoint_file"),
+        (swin, lambda c: c["model"]["backbone"].update(use_abs_pos_embed=True),
+         "model.backbone.use_abs_pos_embed"),
+        ("segformer/segformer_mit-b0_512x512_160k_ade20k",
+         lambda c: c["model"]["decode_head"].update(interpolate_mode="nearest"),
+         "model.decode_head.interpolate_mode='nearest'"),
+        ("convnext/upernet_convnext_tiny_fp16_512x512_160k_ade20k",
+         lambda c: c["model"]["backbone"].update(arch="huge"), "model.backbone.arch='huge'"),
+        ("twins/twins_svt-s_uperhead_8x2_512x512_160k_ade20k",
+         lambda c: c["model"]["backbone"].update(depths=[2, 2, 2, 2]), "not SVT-S/B/L"),
+        ("poolformer/fpn_poolformer_s12_8x4_512x512_40k_ade20k",
+         lambda c: c["model"]["backbone"].update(arch=dict(layers=[2, 2, 2, 2])),
+         "model.backbone.arch"),
+    ]
+    for stem, edit, where in cases:
+        monkeypatch.setattr(gen.read, "load_mmseg", _patched(real, edit))
+        with pytest.raises(gen.TranslationError, match=re.escape(where)):
+            gen.Translation(stem)
+
+
 def test_adam_is_torch_adam_with_mmcv_arguments():
     """SOLVER.OPTIMIZER "Adam" (CGNet): torch's Adam with SOLVER.EPS / BETAS / WEIGHT_DECAY."""
     from d2seg.solver import build_optimizer

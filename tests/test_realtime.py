@@ -8,6 +8,7 @@ from torch import nn
 from detectron2.modeling import build_model
 
 from common import REPO_CONFIGS, get_d2seg_cfg
+from test_segmenter_dpt import DPT, SEGMENTER
 
 BN = ["MODEL.SEM_SEG_HEAD.NORM", "BN", "MODEL.AUX_HEAD.NORM", "BN", "MODEL.AUX_HEAD_2.NORM", "BN"]
 FAST_SCNN = ("fast_scnn", ["MODEL.FAST_SCNN.NORM", "BN", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5])
@@ -239,7 +240,11 @@ def test_config_errors_name_the_key():
     # odd sizes take the downsamplers' resize of the pool to the conv's size
     (ERFNET, [(1, 64, 96), (2, 65, 97)]),
     (FCN_MV2, [(1, 64, 96), (2, 67, 101)]),
-], ids=["fast_scnn", "lraspp_small", "bisenetv2", "cgnet", "erfnet", "fcn_m-v2"])
+    # ViT heads: the pos_embed grid's own size and others (the resize is in the graph)
+    (SEGMENTER, [(1, 64, 64), (2, 67, 101)]),
+    (DPT, [(1, 64, 96), (2, 67, 101)]),
+], ids=["fast_scnn", "lraspp_small", "bisenetv2", "cgnet", "erfnet", "fcn_m-v2", "segmenter",
+        "dpt"])
 def test_onnx_dynamic_export_matches_pytorch(spec, sizes, tmp_path):
     pytest.importorskip("onnxruntime")
     from d2seg.export.exporters import export, verify_export

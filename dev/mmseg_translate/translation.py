@@ -604,7 +604,8 @@ class Translation:
             self.set("SOLVER.LR_DECAY.NUM_LAYERS", pw.take("num_layers"))
             self.set("SOLVER.LR_DECAY.RATE", float(pw.take("decay_rate")))
         elif cons == "LayerDecayOptimizerConstructor":
-            self.set("SOLVER.LR_DECAY.TYPE", "layer_decay", "mmseg's LayerDecayOptimizerConstructor")
+            self.set("SOLVER.LR_DECAY.TYPE", "layer_decay",
+                     "mmseg's LayerDecayOptimizerConstructor")
             self.set("SOLVER.LR_DECAY.NUM_LAYERS", pw.take("num_layers"))
             self.set("SOLVER.LR_DECAY.RATE", float(pw.take("layer_decay_rate")))
         else:

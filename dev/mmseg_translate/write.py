@@ -135,6 +135,8 @@ class Generator:
             explicit |= {"TEST.AUG.RATIOS", "TEST.AUG.FLIP"}
         if kind == "model" and t.cfg.INPUT.ROTATE.PROB:
             explicit |= {"INPUT.ROTATE.DEGREE"}
+        if t.facts.get("pretrained") and not full["MODEL.WEIGHTS"]:
+            explicit |= {"MODEL.WEIGHTS"}  # its comment names the local file mmseg loads
         diff = [(k, full[k]) for k in sorted(t.assigned, key=_key_rank(t.assigned))
                 if k in explicit or not _same(full[k], old[k])]
         # the translation must account for every difference from the parent
@@ -164,6 +166,12 @@ class Generator:
 PAPERS = {  # where mmseg's metafile has no collection entry
     "hrnet": {"Title": "Deep High-Resolution Representation Learning for Visual Recognition",
               "URL": "https://arxiv.org/abs/1908.07919"},
+    "vit": {"Title": "An Image is Worth 16x16 Words: Transformers for Image Recognition at "
+                     "Scale", "URL": "https://arxiv.org/abs/2010.11929"},
+    "beit": {"Title": "BEiT: BERT Pre-Training of Image Transformers",
+             "URL": "https://arxiv.org/abs/2106.08254"},
+    "mae": {"Title": "Masked Autoencoders Are Scalable Vision Learners",
+            "URL": "https://arxiv.org/abs/2111.06377"},
 }
 
 
@@ -261,6 +269,15 @@ def readme(folder, translations, meta_root, d2seg_results):
         "- ms+flip is mmseg's `tools/test.py --aug-test`: softmax averaged over the image "
         "resized by 0.5, 0.75, 1.0, 1.25, 1.5 and 1.75, each also flipped.",
     ]
+    local = sorted({t.facts["pretrained"] for t in translations
+                    if t.facts.get("pretrained") and not t.cfg.MODEL.WEIGHTS})
+    if local:  # ViT/BEiT/MAE: mmseg starts from files its converters write, never published
+        lines.append(
+            "- `MODEL.WEIGHTS \"\"` here does not mean from scratch: mmseg initialises the "
+            "backbone from " + ", ".join(f"`{f}`" for f in local) + ", files its "
+            "tools/model_converters write from the authors' ImageNet release; give that file, "
+            "or the original, as `MODEL.WEIGHTS` (see the yaml's comment and "
+            "[docs/checkpoints.md](../../docs/checkpoints.md)).")
     if any(t.facts.get("fp16") for t in translations):
         lines.append("- fp16 configs set `SOLVER.AMP.ENABLED True` (float16 autocast) and "
                      "`SOLVER.AMP.LOSS_SCALE 512`, mmseg's static loss scale.")

@@ -74,12 +74,8 @@ def _assert_close(got, expected, rel=1e-4):
                                                (True, 3, (75, 50))])
 def test_upernet_twins_logits_match_mmseg(tmp_path, svt, window, size, dtype, rel):
     ref, model = _pair(tmp_path, svt, window, size=size)
-    ref.to(dtype)
-    model.to(dtype)
-    img = mmseg_peer.calibration_images(1, size, seed=1).to(dtype)
+    img, expected, got = mmseg_peer.logits_in(ref, model, size, dtype)
     with torch.no_grad():
-        expected = ref.encode_decode(img, [{}])
-        got = model.encode_decode(img)
         ref_feats = ref.backbone(img)
         feats = model.backbone(img)
         aux_expected = ref.auxiliary_head(ref_feats)

@@ -69,12 +69,8 @@ _assert_close = mmseg_peer.assert_close_to_scale
 @pytest.mark.parametrize("neck, final_norm", [(True, False), (True, True), (False, False)])
 def test_upernet_vit_logits_match_mmseg(tmp_path, neck, final_norm, dtype, rel):
     ref, model = _pair(tmp_path, neck, final_norm)
-    ref.to(dtype)
-    model.to(dtype)
-    img = mmseg_peer.calibration_images(1, SIZE, seed=1).to(dtype)
+    img, expected, got = mmseg_peer.logits_in(ref, model, SIZE, dtype)
     with torch.no_grad():
-        expected = ref.encode_decode(img, [{}])
-        got = model.encode_decode(img)
         ref_feats = ref.extract_feat(img)
         feats = model.extract_feat(img)
         ref_backbone = ref.backbone(img)

@@ -129,7 +129,7 @@ def _batch(num_classes, seed=0):
 
 def _mmseg_step(ref, cfg, imgs, labels):
     """mmseg's step as mmcv's IterBasedRunner takes it (lr hook, train_step, OptimizerHook)."""
-    from mmcv.runner import build_optimizer
+    from mmcv.runner import LogBuffer, build_optimizer
     from mmcv.runner.hooks import HOOKS, OptimizerHook
     from mmcv.utils import build_from_cfg
 
@@ -138,7 +138,7 @@ def _mmseg_step(ref, cfg, imgs, labels):
     lr_cfg["type"] = lr_cfg.pop("policy").title() + "LrUpdaterHook"
     lr_hook = build_from_cfg(lr_cfg, HOOKS)
     runner = types.SimpleNamespace(optimizer=optimizer, model=ref, iter=ITER, max_iters=MAX_ITER,
-                                   epoch=0)
+                                   epoch=0, log_buffer=LogBuffer())  # (grad_clip logs its norm)
     lr_hook.before_run(runner)
     lr_hook.before_train_iter(runner)
     meta = dict(img_shape=(*CROP, 3), ori_shape=(*CROP, 3), pad_shape=(*CROP, 3), flip=False)

@@ -17,3 +17,8 @@ from .sep_fcn import DepthwiseSeparableFCNHead  # noqa: F401
 from .lraspp import LRASPPHead  # noqa: F401
 from .stdc import STDCHead  # noqa: F401
 from .fpn_head import FPNHead  # noqa: F401
+from .segmenter_mask import SegmenterMaskTransformerHead  # noqa: F401
+from .dpt import DPTHead  # noqa: F401
+from .setr_up import SETRUPHead  # noqa: F401
+from .setr_mla import SETRMLAHead  # noqa: F401
+from .knet import IterativeDecodeHead  # noqa: F401

@@ -26,9 +26,10 @@ AUX_HEAD_NODES = (("AUX_HEAD", "loss_aux"),) + tuple(
 def add_aux_head_n_keys(keys):
     # more auxiliary heads, each on its own feature; NAME "" = none
     for node, _ in AUX_HEAD_NODES[1:]:
+        # (keeps the keys a head family added to the node, e.g. SETR's UP_SCALE)
         keys.MODEL[node] = add_head_node_keys(
-            CN(), NAME="", IN_FEATURES=["res3"], CONVS_DIM=256, NUM_CONVS=1, CONCAT_INPUT=False,
-            LOSS_WEIGHT=0.4,
+            keys.MODEL.get(node, CN()), NAME="", IN_FEATURES=["res3"], CONVS_DIM=256,
+            NUM_CONVS=1, CONCAT_INPUT=False, LOSS_WEIGHT=0.4,
         )
 
 
@@ -146,6 +147,12 @@ class EncoderDecoder(nn.Module):
                     raise ValueError(f"MODEL.{node}.NAME is set but MODEL.{prev}.NAME is not: "
                                      "fill the auxiliary heads in order")
                 aux.append(build_head(cfg, shape, cfg.MODEL[node], loss_name))
+        if len(aux) > 1:
+            # mmseg keeps a list of auxiliary heads in a plain nn.ModuleList, which its
+            # init_weights skips: their classifiers keep torch's default init, not N(0, 0.01)
+            for head in aux:
+                if isinstance(getattr(head, "conv_seg", None), nn.Conv2d):
+                    head.conv_seg.reset_parameters()
         crop = cfg.INPUT.CROP
         if crop.ENABLED and crop.TYPE != "absolute":
             raise ValueError(f"INPUT.CROP.TYPE={crop.TYPE!r}: d2seg crops are 'absolute' (h, w)")

@@ -62,3 +62,4 @@ from . import multilevel_neck  # noqa: E402,F401
 from .fpn import FPN  # noqa: F401,E402
 from .ic_neck import ICNeck  # noqa: F401,E402
 from .featurepyramid import Feature2Pyramid  # noqa: F401,E402
+from .mla_neck import MLANeck  # noqa: F401,E402
