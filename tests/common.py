@@ -71,3 +71,7 @@ def assert_matches_mmseg_steps(ref_steps, augs, img, label, seed, same_draws=Tru
     np.testing.assert_array_equal(aug_input.sem_seg, ref["gt_semantic_seg"],
                                   err_msg=f"seed {seed}")
     return aug_input
+
+# the 13 classic methods' mmseg folders (390 configs)
+CLASSIC = ("fcn", "pspnet", "psanet", "deeplabv3", "deeplabv3plus", "upernet", "hrnet", "gcnet",
+           "nonlocal_net", "ccnet", "danet", "ann", "ocrnet")

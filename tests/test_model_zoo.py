@@ -21,7 +21,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
-from common import REPO_CONFIGS, get_d2seg_cfg, random_batch
+from common import CLASSIC, REPO_CONFIGS, get_d2seg_cfg, random_batch
 
 REPO = REPO_CONFIGS.parent
 # Base-Segmentation.yaml is a partial config (runtime defaults, no model): every other yaml is one
@@ -54,9 +54,7 @@ DATASETS = {
     **{f"occlusion_face_{s}_sem_seg": (2, False)
        for s in ("natocc_hand_sot", "natocc_object", "randocc", "realocc")},
 }
-# the 13 classic methods' mmseg folders (390 configs); the real-time families' follow
-CLASSIC = ("fcn", "pspnet", "psanet", "deeplabv3", "deeplabv3plus", "upernet", "hrnet", "gcnet",
-           "nonlocal_net", "ccnet", "danet", "ann", "ocrnet")
+# the real-time families' mmseg folders follow the 13 classic methods' (CLASSIC, 390 configs)
 REALTIME = {"bisenetv1": 11, "bisenetv2": 4, "stdc": 4, "fastscnn": 1, "icnet": 12, "cgnet": 2,
             "erfnet": 1, "mobilenet_v2": 8, "mobilenet_v3": 4}  # mmseg 0.30's configs each
 MODERN = {"segformer": 13, "swin": 8, "convnext": 6, "twins": 12, "poolformer": 5, "vit": 11,
