@@ -221,6 +221,10 @@ def _d2seg_keys() -> CN:
     _C.TEST.CROP_SIZE = [769, 769]  # slide: window (h, w)
     _C.TEST.STRIDE = [513, 513]  # slide: step (h, w)
     _C.TEST.AUG.RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # multi-scale test ratios (TEST.AUG)
+    # mmseg's Resize(min_size=...) in the test views: a view whose short side would be below it
+    # is resized to that short side instead (its long side then unbounded; BEiT's/MAE's _ms
+    # tests keep every view at least their fixed input size); 0 = no minimum
+    _C.TEST.AUG.MIN_SIZE = 0
     # With TEST.AUG.ENABLED: True = the augmented test is THE test (periodic evaluation while
     # training, the final one, --eval-only), as in mmseg configs whose test_pipeline itself has
     # several views (MultiScaleFlipAug with img_ratios / flip=True: mmseg runs aug_test). False =

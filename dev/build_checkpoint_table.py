@@ -26,7 +26,7 @@ METHODS = ("fcn", "pspnet", "psanet", "deeplabv3", "deeplabv3plus", "upernet", "
            "mobilenet_v2", "mobilenet_v3",
            # the transformer families
            "segformer", "swin", "convnext", "twins", "poolformer", "vit",
-           "beit", "mae")
+           "beit", "mae", "segmenter", "setr", "dpt", "knet")
 TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "d2seg", "model_zoo", "mmseg_checkpoints.json")
 # released file names end in -<first 8 hex digits of the file's sha256>.pth
 _HASHED = re.compile(r"-[0-9a-f]{8}\.pth$")

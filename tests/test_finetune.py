@@ -87,6 +87,49 @@ def test_mmseg_file_of_another_class_count_fine_tunes(tmp_path):
     assert_fine_tuned(model, before, source, log)
 
 
+def _segmenter(n):
+    from test_segmenter_dpt import SEGMENTER, tiny_cfg as vit_cfg
+
+    return vit_cfg(SEGMENTER, ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", n])
+
+
+def _knet(n):
+    from test_knet import TINY as KNET, YAML as KNET_YAML
+
+    return get_d2seg_cfg(KNET_YAML, [*KNET, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", n])
+
+
+@pytest.mark.parametrize("make_cfg, sized", [
+    # the mask transformer: one class token each (dim 1) and a LayerNorm over the classes
+    (_segmenter, {"decode_head.cls_emb": 1, "decode_head.mask_norm.weight": 0,
+                  "decode_head.mask_norm.bias": 0}),
+    # K-Net: the generator's classifier (the initial kernels) and the FCN auxiliary head's;
+    # the update heads learn per-kernel weights shared across the classes
+    (_knet, {"decode_head.kernel_generate_head.conv_seg.weight": 0,
+             "decode_head.kernel_generate_head.conv_seg.bias": 0}),
+], ids=["segmenter", "knet"])
+def test_heads_with_other_class_sized_tensors_fine_tune(tmp_path, make_cfg, sized):
+    source = saved_model(make_cfg(19), tmp_path / "m19.pth")
+    model = build_model(make_cfg(3)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt, log = load_logged(model, tmp_path / "m19.pth", fine_tune=True)
+    assert not ckpt.last_report.errors
+    state = model.state_dict()
+    reinit = {k: (c, m) for k, c, m in ckpt.last_report.reinitialised}
+    for k, dim in sized.items():
+        assert reinit[k] == (19, 3) and state[k].shape[dim] == 3, k
+    assert set(reinit) - set(sized) <= {k for k in state if ".conv_seg." in k}  # aux classifiers
+    for k, v in state.items():
+        if k in reinit:
+            assert torch.equal(v, before[k]), k  # the model's own init
+        elif not k.endswith("num_batches_tracked"):
+            assert torch.equal(v, source[k]), k
+    assert "checkpoint has 19 classes, model has 3: re-initialised (fine-tuning)" in log
+    # without fine-tuning the class count is still an error, naming the tensor
+    with pytest.raises(CheckpointMismatchError, match=list(sized)[0].replace(".", r"\.")):
+        SegCheckpointer(build_model(make_cfg(3))).load(str(tmp_path / "m19.pth"))
+
+
 def test_without_fine_tune_another_class_count_still_raises(tmp_path):
     saved_model(tiny_cfg(num_classes=19), tmp_path / "m19.pth")
     model = build_model(tiny_cfg(num_classes=3)).eval()

@@ -58,7 +58,8 @@ DATASETS = {
 REALTIME = {"bisenetv1": 11, "bisenetv2": 4, "stdc": 4, "fastscnn": 1, "icnet": 12, "cgnet": 2,
             "erfnet": 1, "mobilenet_v2": 8, "mobilenet_v3": 4}  # mmseg 0.30's configs each
 MODERN = {"segformer": 13, "swin": 8, "convnext": 6, "twins": 12, "poolformer": 5, "vit": 11,
-          "beit": 4, "mae": 2}  # the transformer families generated so far
+          "beit": 4, "mae": 2, "segmenter": 5, "setr": 7, "dpt": 1,
+          "knet": 7}  # the transformer families (issue 21)
 PARAMS = OrderedDict()  # yaml -> parameter count (printed by the last test)
 BUFFERS = {}  # yaml -> number of buffer elements
 

@@ -54,8 +54,8 @@ def test_names_resolve_to_the_urls_of_mmsegs_metafiles_and_mmcvs_table():
         with open(os.path.join(root, method, f"{method}.yml")) as f:
             for m in yaml.safe_load(f)["Models"]:
                 expected[f"{method}/{os.path.basename(m['Config'])[:-3]}"] = m.get("Weights")
-    # the 13 classic methods + the real-time families + the transformer families so far
-    assert len(expected) == 390 + 47 + 61
+    # the 13 classic methods + the real-time families + the transformer families (issue 21)
+    assert len(expected) == 390 + 47 + 81
     assert {k: e["weights"] for k, e in configs.items()} == expected
     for key, url in expected.items():
         if url:

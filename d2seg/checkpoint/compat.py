@@ -11,7 +11,8 @@ tools/convert_mmseg_checkpoint.py, so that a model is never silently half-loaded
   fold them into the affine).
 - ``num_batches_tracked`` (absent from older PyTorch files) is never required.
 - **Fine-tuning** (``fine_tune=True``: MODEL.WEIGHTS initialising a training run): a classifier
-  (every head's ``conv_seg``) whose shapes differ from the model's only in the class count is not
+  (every head's ``conv_seg``, and the class-sized tensors heads register with
+  :func:`register_class_tensors`) whose shapes differ from the model's only in the class count is not
   an error: it is reported as re-initialised and keeps the model's own initialisation (as
   Detectron2 and mmseg do when fine-tuning to another dataset). Any other difference still is.
 """
@@ -20,12 +21,21 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
-__all__ = ["CheckpointMismatchError", "LoadReport", "check_state_dict", "group_keys"]
+__all__ = ["CheckpointMismatchError", "LoadReport", "check_state_dict", "group_keys",
+           "register_class_tensors"]
 
 _AUX = "auxiliary_heads."
 _BN_STATS = ("running_mean", "running_var")
-# the 1x1 classifier of every decode head (decode, auxiliary, cascade): its out channels = classes
-_CLASSIFIER = re.compile(r"(^|\.)conv_seg\.(weight|bias)$")
+# tensors sized by the class count: (key pattern, class dimension). The 1x1 classifier of every
+# decode head (decode, auxiliary, cascade); heads with others register them
+_CLASS_TENSORS = [(re.compile(r"(^|\.)conv_seg\.(weight|bias)$"), 0)]
+
+
+def register_class_tensors(name_regex: str, class_dim: int = 0):
+    """Declares a head's tensors whose ``class_dim`` is the class count (matched against the
+    end of a state_dict key, e.g. Segmenter's ``cls_emb``, dim 1): fine-tuning to another class
+    count re-initialises them like ``conv_seg``."""
+    _CLASS_TENSORS.append((re.compile(rf"(^|\.){name_regex}$"), class_dim))
 
 
 class CheckpointMismatchError(ValueError):
@@ -79,7 +89,7 @@ class LoadReport:
         parts = []
         for k, shape_ckpt, shape_model in self.mismatched:
             hint = ""
-            if k.endswith(("conv_seg.weight", "conv_seg.bias")):
+            if any(p.search(k) for p, _ in _CLASS_TENSORS):
                 hint = (" (a checkpoint for another number of classes? "
                         "MODEL.SEM_SEG_HEAD.NUM_CLASSES)")
             parts.append(
@@ -97,7 +107,8 @@ class LoadReport:
     def reinitialised_message(self) -> str:
         """One line per classifier: ``decode_head.conv_seg: checkpoint has 19 classes, model has
         3: re-initialised (fine-tuning)``."""
-        modules = {k.rpartition(".")[0]: (ck, m) for k, ck, m in self.reinitialised}
+        # a module's weight and bias on one line; a bare parameter (Segmenter's cls_emb) by name
+        modules = {re.sub(r"\.(weight|bias)$", "", k): (ck, m) for k, ck, m in self.reinitialised}
         return "\n".join(f"{name}: checkpoint has {ck} classes, model has {m}: re-initialised "
                          "(fine-tuning)" for name, (ck, m) in modules.items())
 
@@ -114,10 +125,15 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _class_count_change(key: str, shape_ckpt: tuple, shape_model: tuple) -> bool:
-    """A classifier tensor that differs from the model's in its number of classes only."""
-    return (bool(_CLASSIFIER.search(key)) and len(shape_ckpt) == len(shape_model)
-            and shape_ckpt[1:] == shape_model[1:])
+def _class_dim(key: str, shape_ckpt: tuple, shape_model: tuple) -> Optional[int]:
+    """The class dimension of a class-sized tensor that differs from the model's in its number
+    of classes only; None for any other difference."""
+    for pattern, dim in _CLASS_TENSORS:
+        if pattern.search(key) and len(shape_ckpt) == len(shape_model) > dim:
+            others = [(a, b) for i, (a, b) in enumerate(zip(shape_ckpt, shape_model)) if i != dim]
+            if all(a == b for a, b in others):
+                return dim
+    return None
 
 
 def check_state_dict(model_state: Dict, ckpt_state: Dict, backbone_only: Optional[bool] = None,
@@ -139,8 +155,9 @@ def check_state_dict(model_state: Dict, ckpt_state: Dict, backbone_only: Optiona
             (r.aux_unexpected if k.startswith(_AUX) else r.unexpected).append(k)
         elif tuple(v.shape) != tuple(model_state[k].shape):
             shapes = (tuple(v.shape), tuple(model_state[k].shape))
-            if fine_tune and _class_count_change(k, *shapes):
-                r.reinitialised.append((k, shapes[0][0], shapes[1][0]))
+            dim = _class_dim(k, *shapes) if fine_tune else None
+            if dim is not None:
+                r.reinitialised.append((k, shapes[0][dim], shapes[1][dim]))
             else:
                 r.mismatched.append((k, *shapes))
         else:

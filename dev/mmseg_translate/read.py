@@ -42,8 +42,8 @@ def load_mmseg(stem):
 
 def mmseg_parent(path):
     """The ``_base_`` of an mmseg config file: ('leaf', stem) or ('model', name); ('model', None)
-    for a config that defines its model itself (its only base a dataset file: the occluded-face
-    config), whose parent is then the d2seg base model of its head."""
+    for a config that defines its model itself (no model among its bases: the occluded-face
+    config, K-Net's), whose parent is then the d2seg base model of its head."""
     tree = ast.parse(open(path).read())
     base = None
     for node in tree.body:
@@ -64,7 +64,7 @@ def mmseg_parent(path):
             raise TranslationError(f"{path}: unexpected _base_ {base!r}")
         return "leaf", f"{m[1]}/{m[2]}"
     models = [b for b in base or [] if b.startswith("../_base_/models/")]
-    if not models and base and all(b.startswith("../_base_/datasets/") for b in base):
+    if not models and base and all(b.startswith("../_base_/") for b in base):
         return "model", None
     if len(models) != 1:
         raise TranslationError(f"{path}: expected one ../_base_/models/ in _base_ = {base!r}")

@@ -47,25 +47,24 @@ MODERN = OrderedDict([  # the transformer generation (issue 21)
     ("vit", "Vision Transformer"),
     ("beit", "BEiT"),
     ("mae", "MAE"),
+    ("segmenter", "Segmenter"),
+    ("setr", "SETR"),
+    ("dpt", "DPT"),
+    ("knet", "K-Net"),
 ])
 METHODS_CLASSIC = list(METHODS)  # the 390 configs of the 13 methods
 METHODS.update(REALTIME)
 METHODS.update(MODERN)
 # mmseg configs that d2seg cannot express yet: stem -> why (the generator reports them; the
 # test checks that each still fails, with this reason, so the list cannot go stale)
-_MIN_SIZE = ("test_pipeline[1].transforms[0].min_size",
-             "the multi-scale test resizes with min_size (a view below BEiT's/MAE's fixed input "
-             "size is scaled back up to it); d2seg's test-time augmentation has no min_size yet")
 BLOCKED = {  # stem -> (what the translation stops at, why d2seg cannot run it)
-    "beit/upernet_beit-base_640x640_160k_ade20k_ms": _MIN_SIZE,
-    "mae/upernet_mae-base_fp16_512x512_160k_ade20k_ms": _MIN_SIZE,
     "beit/upernet_beit-large_fp16_8x1_640x640_160k_ade20k": (
         "GradientCumulativeFp16OptimizerHook",
         "it accumulates gradients over 2 iterations (mmcv's GradientCumulativeFp16OptimizerHook); "
         "d2seg's trainer steps every iteration"),
     "beit/upernet_beit-large_fp16_640x640_160k_ade20k_ms": (
         "GradientCumulativeFp16OptimizerHook",
-        "gradients accumulated over 2 iterations, as its 8x1 parent; and " + _MIN_SIZE[1]),
+        "gradients accumulated over 2 iterations, as its 8x1 parent"),
 }
 
 # Decode-head arguments shared by heads: mmseg name -> d2seg key in the head's node
@@ -107,10 +106,15 @@ HEAD_HOOKS = {}  # head type -> fn(translation, args, node): reads what only tha
 FAMILIES = {}  # mmseg backbone type -> Family
 FAMILY_MODULES = ["resnet", "hrnet", "bisenetv1", "bisenetv2", "stdc", "fast_scnn", "icnet",
                   "cgnet", "erfnet", "mobilenet", "segformer", "swin", "convnext",
-                  "twins", "poolformer", "vit"]
+                  "twins", "poolformer", "vit",
+                  # methods that bring heads to the families above (extend_family)
+                  "segmenter", "setr", "dpt", "knet"]
 
 
 class Family:
+    """``base_models``: decode-head type -> d2seg base yaml name, or fn(translation, [head
+    Node]) -> name where one head type has several bases (SETR's naive / PUP SETRUPHead)."""
+
     def __init__(self, name, base_models, translate, parent=None):
         self.name, self.base_models, self.translate = name, base_models, translate
         # fn(translation, mmseg parent kind, name) -> (kind, name): a family whose mmseg leaves
@@ -125,11 +129,26 @@ def register_family(name, types, base_models, heads=None, head_hooks=None, paren
             if t in FAMILIES:
                 raise ValueError(f"backbone type {t} registered twice")
             FAMILIES[t] = fam
-        for h, args in (heads or {}).items():
-            METHOD_ARGS.setdefault(h, {}).update(args)
-        HEAD_HOOKS.update(head_hooks or {})
+        _add_heads(heads, head_hooks)
         return fn
     return deco
+
+
+def _add_heads(heads, head_hooks):
+    for h, args in (heads or {}).items():
+        METHOD_ARGS.setdefault(h, {}).update(args)
+    HEAD_HOOKS.update(head_hooks or {})
+
+
+def extend_family(btype, base_models, heads=None, head_hooks=None):
+    """A method that puts its heads on a registered family's backbone (Segmenter, SETR, DPT on
+    VisionTransformer; K-Net on ResNet and Swin): its base yamls and head arguments."""
+    fam = FAMILIES[btype]
+    for h in base_models:
+        if h in fam.base_models:
+            raise ValueError(f"{btype} + {h}: base model registered twice")
+    fam.base_models.update(base_models)
+    _add_heads(heads, head_hooks)
 
 
 def _load():

@@ -1,5 +1,5 @@
 """Swin Transformer (mmseg's swin/: UPerNet + FCN auxiliary head on SwinTransformer)."""
-from .common import TranslationError
+from .common import TranslationError, _norm
 from .registry import register_family
 
 FEATURES = ["swin1", "swin2", "swin3", "swin4"]
@@ -11,7 +11,9 @@ _SIZES = {(96, (2, 2, 6, 2)): "T", (96, (2, 2, 18, 2)): "S", (128, (2, 2, 18, 2)
 def translate(t, b, btype):
     t.set("MODEL.BACKBONE.NAME", "build_swin_backbone")
     # variables of the B/L config files, already read through the values they fed
-    t.init_variable("checkpoint_file", b)
+    # (K-Net's Swin configs name it through model.pretrained, the others through init_cfg)
+    t.variable("checkpoint_file", (b.d.get("init_cfg") or {}).get("checkpoint") or
+               t.model.d.get("pretrained"))
     t.variable("backbone_norm_cfg", b.d.get("norm_cfg"))
     b.expect("in_channels", 3, 3)
     t.take_keys(b, "MODEL.SWIN", {
@@ -26,7 +28,9 @@ def translate(t, b, btype):
     b.expect("use_abs_pos_embed", False, False)
     b.take("pretrain_img_size", 224)
     b.expect("act_cfg", dict(type="GELU"), dict(type="GELU"))
-    b.expect("norm_cfg", dict(type="LN", requires_grad=True), dict(type="LN"))
+    norm = b.take("norm_cfg", dict(type="LN"))  # mmcv's requires_grad defaults to True
+    if _norm({"requires_grad": True, **norm}) != _norm(dict(type="LN", requires_grad=True)):
+        raise TranslationError(f"{b.path}.norm_cfg={norm!r}: d2seg's Swin has LN")
     b.expect("frozen_stages", -1, -1)
     b.expect("pretrained", None, None)
     feats = t.out_features(b, "MODEL.SWIN", FEATURES, (0, 1, 2, 3))

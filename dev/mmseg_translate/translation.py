@@ -22,6 +22,12 @@ AUX_NODES = ["MODEL.AUX_HEAD", "MODEL.AUX_HEAD_2", "MODEL.AUX_HEAD_3", "MODEL.AU
 _BASE_HEAD_INIT = dict(type="Normal", std=0.01, override=dict(name="conv_seg"))
 
 
+def _gpus_named(stem, per_gpu):
+    """The GPU counts a stem names as <GPUs>x<images per GPU>."""
+    return [int(g) for g, n in re.findall(r"_(\d+)x(\d+)_", stem)
+            if int(n) == per_gpu and int(g) in (1, 2, 4, 8, 16)]
+
+
 class Translation:
     """The d2seg cfg of one mmseg config, plus facts for comments and READMEs."""
 
@@ -31,6 +37,9 @@ class Translation:
         self.root = Node(raw, "")
         self.notes = {}  # d2seg key -> comment
         self.facts = {}
+        # config nodes this model does not read: they keep the yaml parent's values (the linear
+        # Segmenter under its mask-transformer parent)
+        self.unread_nodes = []
         self.translate()
         left = self.root.leftover()
         if left:
@@ -66,6 +75,8 @@ class Translation:
             raise TranslationError(f"{self.stem}: no d2seg base model for {btype} + {head_key}")
         self.family = family
         self.base_model = family.base_models[head_key]
+        if callable(self.base_model):
+            self.base_model = self.base_model(self, heads)
         self.cfg = new_cfg(os.path.join(REPO, "configs/_base_/models", self.base_model + ".yaml"))
         self.assigned = OrderedDict()
         self.set("MODEL.META_ARCHITECTURE", arch)
@@ -210,6 +221,9 @@ class Translation:
 
     def norm_keys(self, norm, path, node):
         """mmseg's norm_cfg -> <node>.NORM, NORM_EPS, NORM_MOMENTUM (0 = the layer's default)."""
+        if norm is None:  # convs without a norm (SETR-MLA's auxiliary FCNHeads)
+            self.set(f"{node}.NORM", "")
+            return
         if not isinstance(norm, dict) or norm.get("requires_grad") is not True or \
                 not set(norm) <= {"type", "requires_grad", "eps", "momentum"}:
             raise TranslationError(f"{path}={norm!r}: d2seg takes a trainable norm type (with "
@@ -234,8 +248,9 @@ class Translation:
             raise TranslationError(f"{h.path}: d2seg has no {htype}")
         args = read.head_defaults(htype)
         args.update(h.items())  # the config's arguments over the class defaults
-        if htype in HEAD_HOOKS:  # what only this head type has (STDCHead's detail loss)
-            HEAD_HOOKS[htype](self, args, node, h.path)
+        if htype in HEAD_HOOKS:  # what only this head type has (STDCHead's detail loss); a
+            # head that wraps another (K-Net's) hands back the inner head's type and arguments
+            htype = HEAD_HOOKS[htype](self, args, node, h.path) or htype
         features = list(channels)
         # inputs
         index = args.pop("in_index")
@@ -259,7 +274,8 @@ class Translation:
         if num_classes is not None:
             self.num_classes.add(num_classes)
         self.ignore.add(args.pop("ignore_index"))
-        self.norm_keys(args.pop("norm_cfg"), f"{h.path}.norm_cfg", node)
+        if "norm_cfg" in args:  # a hook took a head's own norm (Segmenter's LN)
+            self.norm_keys(args.pop("norm_cfg"), f"{h.path}.norm_cfg", node)
         loss = args.pop("loss_decode")
         if not isinstance(loss, dict) or loss.get("type") != "CrossEntropyLoss":
             raise TranslationError(f"{h.path}.loss_decode={loss!r}: d2seg has cross-entropy")
@@ -314,8 +330,10 @@ class Translation:
         m = re.search(r"_b(\d+)_", self.stem)
         per_gpu = data.take("samples_per_gpu")
         # the stem's <GPUs>x<images per GPU> (SegFormer's _8x1_, K-Net's _8x2_), where it says
-        m2 = [int(g) for g, n in re.findall(r"_(\d+)x(\d+)_", self.stem)
-              if int(n) == per_gpu and int(g) in (1, 2, 4, 8, 16)]
+        m2 = _gpus_named(self.stem, per_gpu)
+        kind, parent = read.mmseg_parent(self.path)
+        if not m2 and kind == "leaf":  # a test variant (BEiT's _ms) trains as its parent
+            m2 = _gpus_named(parent, per_gpu)
         if m:  # e.g. OCRNet's _b16_: 8 GPUs x 2
             if int(m[1]) % per_gpu:
                 raise TranslationError(f"{self.stem}: batch {m[1]} vs samples_per_gpu {per_gpu}")
@@ -517,6 +535,12 @@ class Translation:
                                 self._TEST_STEPS)
         resize, norm = s["Resize"], s["Normalize"]
         resize.expect("keep_ratio", True)
+        min_size = resize.take("min_size", None)
+        if min_size is not None:
+            if views == 1:
+                raise TranslationError(f"{self.stem}: Resize min_size in a single-view test: "
+                                       "d2seg has it in its test-time augmentation")
+            self.set("TEST.AUG.MIN_SIZE", int(min_size), "mmseg's Resize(min_size) in the views")
         if "ResizeToMultiple" in s:
             s["ResizeToMultiple"].expect("interpolation", None, None)
             self.set("INPUT.TEST_SIZE_DIVISOR", s["ResizeToMultiple"].take("size_divisor", 32),

@@ -16,7 +16,6 @@ def _expect_common(t, b, node):
     b.expect("act_cfg", dict(type="GELU"), dict(type="GELU"))
     b.expect("norm_eval", False, False)
     b.expect("pretrained", None, None)
-    b.expect("init_cfg", None, None)
     size = b.take("img_size", 224)
     t.set(f"{node}.IMG_SIZE", [size, size] if isinstance(size, int) else list(size))
     idx = b.take("out_indices", -1)
@@ -50,9 +49,24 @@ def _neck(t, channels):
         t.set("MODEL.NECK.RESCALES", [float(s) for s in neck.take("rescales", [4, 2, 1, 0.5])])
         norm = neck.take("norm_cfg", dict(type="SyncBN", requires_grad=True))  # mmseg's default
         t.norm_keys(norm, f"{neck.path}.norm_cfg", "MODEL.NECK")
+    elif kind == "MLANeck":  # SETR-MLA
+        neck.expect("in_channels", list(channels.values()))
+        t.set("MODEL.NECK.OUT_CHANNELS", neck.take("out_channels"))
+        neck.expect("norm_layer", dict(type="LN", eps=1e-6, requires_grad=True),
+                    dict(type="LN", eps=1e-6, requires_grad=True))
+        norm = neck.take("norm_cfg", None)
+        if norm is not None and (norm.get("requires_grad") is not True or
+                                 set(norm) != {"type", "requires_grad"}):
+            raise TranslationError(f"{neck.path}.norm_cfg={norm!r}: d2seg takes a trainable "
+                                   "norm type")
+        t.set("MODEL.NECK.MLA.NORM", "" if norm is None else norm["type"])
+        act = neck.take("act_cfg", None)
+        if act is not None and set(act) != {"type"}:
+            raise TranslationError(f"{neck.path}.act_cfg={act!r}: d2seg takes a type only")
+        t.set("MODEL.NECK.MLA.ACTIVATION", "" if act is None else act["type"])
     else:
-        raise TranslationError(f"{neck.path}.type={kind!r}: d2seg's ViTs have MultiLevelNeck "
-                               "and Feature2Pyramid")
+        raise TranslationError(f"{neck.path}.type={kind!r}: d2seg's ViTs have MultiLevelNeck, "
+                               "Feature2Pyramid and MLANeck")
     return OrderedDict((n, s.channels) for n, s in neck_shapes(t).items())
 
 
@@ -71,16 +85,17 @@ def translate_vit(t, b, btype):
                                  "with_cls_token": "WITH_CLS_TOKEN",
                                  "output_cls_token": "OUTPUT_CLS_TOKEN",
                                  "interpolate_mode": "INTERPOLATE_MODE"})
+    t.variable("backbone_norm_cfg", b.d.get("norm_cfg"))
     norm = b.take("norm_cfg", dict(type="LN"))
-    if set(norm) - {"type", "eps"} or norm["type"] != "LN":
+    if set(norm) - {"type", "eps", "requires_grad"} or norm["type"] != "LN" or \
+            norm.get("requires_grad", True) is not True:
         raise TranslationError(f"{b.path}.norm_cfg={norm!r}: d2seg's ViT has LN (eps)")
     t.set("MODEL.VIT.NORM_EPS", float(norm.get("eps", 1e-5)))
     idx = _expect_common(t, b, "MODEL.VIT")
     t.set("MODEL.VIT.OUT_INDICES", idx)
     v = t.cfg.MODEL.VIT
-    name = {384: "DeiT-S", 768: "ViT-B" if "vit-" in t.stem else "DeiT-B"}.get(v.EMBED_DIMS)
-    if name is None:
-        raise TranslationError(f"{b.path}.embed_dims={v.EMBED_DIMS}: not ViT-B / DeiT-S/B")
+    size = {192: "T", 384: "S", 768: "B", 1024: "L"}.get(v.EMBED_DIMS, "custom")
+    name = f"{'DeiT' if 'deit' in t.stem else 'ViT'}-{size}"
     neck = "+MLN" if t.model.d.get("neck") else ""
     t.facts.update(backbone=name + ("+LN" if v.FINAL_NORM else "") + neck,
                    backbone_id=name.lower(), backbone_rank=(20, name, v.FINAL_NORM, neck))

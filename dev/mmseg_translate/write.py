@@ -6,7 +6,7 @@ import re
 from collections import OrderedDict
 
 from . import read
-from .common import REPO, TranslationError, _same, flatten_cfg, new_cfg
+from .common import REPO, TranslationError, _same, cfg_set, flatten_cfg, new_cfg
 from .datasets import DATASETS
 from .registry import BLOCKED, METHODS
 from .translation import Translation
@@ -126,8 +126,12 @@ class Generator:
         if kind == "model" and name != t.base_model:
             raise TranslationError(f"{stem}: mmseg base {name} but d2seg base {t.base_model}")
         parent = self.parent_cfg(kind, name)
-        full = flatten_cfg(t.cfg)
         old = flatten_cfg(parent)
+        unread = tuple(n + "." for n in t.unread_nodes)
+        for k, v in old.items():
+            if k.startswith(unread) and k not in t.assigned:
+                cfg_set(t.cfg, k, v)
+        full = flatten_cfg(t.cfg)
         explicit = set(RECIPE_KEYS) if kind == "model" else set()
         if kind == "model" and t.cfg.TEST.MODE == "slide":
             explicit |= {"TEST.CROP_SIZE", "TEST.STRIDE"}

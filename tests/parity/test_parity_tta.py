@@ -22,18 +22,21 @@ CROP, STRIDE = (48, 48), (40, 40)  # slide windows
 # (slide mode: the same wrapper around the model's slide inference, whose parity the model tests
 # check and whose TTA is checked against plain inference in tests/test_tta.py; too slow here)
 # divisor: mmseg's ResizeToMultiple after each view's Resize (the occluded-face config's test)
-@pytest.mark.parametrize("mode,ratios,divisor", [("whole", [0.5, 1.0, 1.5], 0),
-                                                 ("whole", [0.5, 1.0, 1.5], 32)])
-def test_aug_test_matches_mmseg(tmp_path, mode, ratios, divisor):
+# min_size: mmseg's Resize(min_size=...) in the views (BEiT's / MAE's _ms tests), on a wide and
+# a tall image (the ratio-0.5 view's short side, 24, goes up to 40; the long side is then free)
+@pytest.mark.parametrize("mode,ratios,divisor,min_size,hw", [
+    ("whole", [0.5, 1.0, 1.5], 0, 0, (45, 61)), ("whole", [0.5, 1.0, 1.5], 32, 0, (45, 61)),
+    ("whole", [0.5, 1.0, 1.5], 0, 40, (45, 61)), ("whole", [0.5, 1.0, 1.5], 0, 40, (61, 45))])
+def test_aug_test_matches_mmseg(tmp_path, mode, ratios, divisor, min_size, hw):
     mm_cfg = mmseg_peer.mmseg_config("fcn/fcn_r50-d8_512x1024_40k_cityscapes")
     mm_cfg.model.test_cfg.update(mode=mode, crop_size=CROP, stride=STRIDE)
     ref = mmseg_peer.build_mmseg_model(mm_cfg)
     path = str(tmp_path / "img.png")
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 61, 3), dtype=np.uint8)).save(path)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)).save(path)
 
     from mmseg.datasets.pipelines import Compose
 
-    transforms = [dict(type="Resize", keep_ratio=True)]
+    transforms = [dict(type="Resize", keep_ratio=True, min_size=min_size or None)]
     if divisor:
         transforms.append(dict(type="ResizeToMultiple", size_divisor=divisor))
     transforms += [dict(type="RandomFlip"), dict(type="Normalize", **mm_cfg.img_norm_cfg),
@@ -53,6 +56,7 @@ def test_aug_test_matches_mmseg(tmp_path, mode, ratios, divisor):
         "INPUT.TEST_IMG_SCALE", list(SCALE), "TEST.AUG.ENABLED", True, "TEST.AUG.RATIOS", ratios,
         "TEST.AUG.FLIP", True, "TEST.MODE", mode, "TEST.CROP_SIZE", list(CROP),
         "TEST.STRIDE", list(STRIDE), "INPUT.TEST_SIZE_DIVISOR", divisor,
+        "TEST.AUG.MIN_SIZE", min_size,
     ])
     model = build_model(cfg).eval()
     missing, unexpected = model.load_state_dict(convert_mmseg_state_dict(ref.state_dict()), strict=False)
@@ -60,7 +64,9 @@ def test_aug_test_matches_mmseg(tmp_path, mode, ratios, divisor):
     inp = SemSegDatasetMapper(cfg, is_train=False, augmentations=[])({"file_name": path})
     with torch.no_grad():
         got = SemanticSegmentorWithTTA(cfg, model)([inp])[0]["sem_seg"].numpy()
-    assert got.shape == expected.shape == (19, 45, 61)
+    assert got.shape == expected.shape == (19, *hw)
+    if min_size:  # every view's short side is at least min_size
+        assert min(min(m.data["img_shape"][:2]) for m in data["img_metas"]) == min_size
     if divisor:  # the views were resized to multiples of it
         assert all(m.data["img_shape"][0] % divisor == 0 for m in data["img_metas"])
     assert expected.max() - expected.min() > 0.1  # not uniform

@@ -20,7 +20,8 @@ class SemSegTTAMapper:
 
     for each ratio r the original image is resized with cv2 (keep ratio, as ``mmcv.imrescale``)
     into ``(int(long * r), int(short * r))`` of ``img_scale`` (mmseg's ``img_scale x img_ratios``;
-    without ``img_scale`` the image's own (w, h) x r), with ``size_divisor`` resized again so both
+    without ``img_scale`` the image's own (w, h) x r; with ``min_size``, mmseg's
+    ``Resize(min_size=...)``, to the short side ``max(int(short * r), min_size)``), with ``size_divisor`` resized again so both
     sides are multiples of it (mmseg's ``ResizeToMultiple`` in the views' transforms), then
     optionally flipped horizontally.
     Each view dict holds ``image``, ``height``/``width`` (the original size, at which the model
@@ -29,9 +30,12 @@ class SemSegTTAMapper:
 
     @configurable
     def __init__(self, *, img_scale: Optional[Sequence[int]], ratios: Sequence[float],
-                 flip: bool = True, size_divisor: int = 0):
+                 flip: bool = True, size_divisor: int = 0, min_size: int = 0):
         if not ratios or min(ratios) <= 0:
             raise ValueError(f"TEST.AUG.RATIOS must be positive ratios, got {list(ratios)}")
+        if min_size < 0:
+            raise ValueError(f"TEST.AUG.MIN_SIZE={min_size}: 0 (none) or a positive size")
+        self.min_size = min_size
         self.img_scale = tuple(img_scale) if img_scale else None
         self.ratios = [float(r) for r in ratios]
         self.flip = flip
@@ -41,7 +45,8 @@ class SemSegTTAMapper:
     @classmethod
     def from_config(cls, cfg):
         return {"img_scale": cfg.INPUT.TEST_IMG_SCALE, "ratios": cfg.TEST.AUG.RATIOS,
-                "flip": cfg.TEST.AUG.FLIP, "size_divisor": cfg.INPUT.TEST_SIZE_DIVISOR}
+                "flip": cfg.TEST.AUG.FLIP, "size_divisor": cfg.INPUT.TEST_SIZE_DIVISOR,
+                "min_size": cfg.TEST.AUG.MIN_SIZE}
 
     @staticmethod
     def _to_numpy(image: torch.Tensor) -> np.ndarray:
@@ -73,6 +78,10 @@ class SemSegTTAMapper:
         for ratio in self.ratios:
             scale = self.img_scale if self.img_scale is not None else (width, height)
             target = (int(scale[0] * ratio), int(scale[1] * ratio))
+            if self.min_size:  # mmseg's Resize(min_size): the short side, at least min_size
+                short = max(min(target), self.min_size)
+                target = ((short * height / width, short) if height > width
+                          else (short, short * width / height))
             new_w, new_h = rescale_size(width, height, target)
             resized = CV2ResizeTransform(height, width, new_h, new_w).apply_image(image)
             if self.size_divisor:  # a second resize, from the rescaled image (as mmseg)

@@ -14,11 +14,16 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
+from ...checkpoint.compat import register_class_tensors
 from ...config import register_config_keys
 from ..backbone.vit import TransformerEncoderLayer
 from .base import BaseDecodeHead
 
 __all__ = ["SegmenterMaskTransformerHead"]
+
+# sized by the class count: fine-tuning to another dataset re-initialises them (no conv_seg here)
+register_class_tensors(r"cls_emb", class_dim=1)
+register_class_tensors(r"mask_norm\.(weight|bias)")
 
 
 @register_config_keys
