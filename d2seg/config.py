@@ -254,6 +254,11 @@ def _d2seg_keys() -> CN:
     # Fp16OptimizerHook(loss_scale=512.) of mmseg's fp16 configs (steps with inf/nan gradients
     # are still skipped, the scale never changes)
     _C.SOLVER.AMP.LOSS_SCALE = 0.0
+    # mmcv's GradientCumulative(Fp16)OptimizerHook(cumulative_iters=N): each iteration's loss
+    # / N is back-propagated and the optimizer steps (with clipping, the loss scaler) every N
+    # iterations on the summed gradients; the last MAX_ITER % N iterations form a group of their
+    # own, their losses divided by its size. 1 = a step every iteration
+    _C.SOLVER.ACCUMULATE_ITERS = 1
     _C.MODEL.SPEED = CN()
     # CPU fp32 3x3 stride-1 convs by Winograd: "" = direct, "F2" = F(2x2,3x3) (>= 256 channels,
     # undilated; rounding as direct), "F4" = F(4x4,3x3) (>= 128 channels, dilation <= 4; faster,

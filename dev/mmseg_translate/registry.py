@@ -57,15 +57,7 @@ METHODS.update(REALTIME)
 METHODS.update(MODERN)
 # mmseg configs that d2seg cannot express yet: stem -> why (the generator reports them; the
 # test checks that each still fails, with this reason, so the list cannot go stale)
-BLOCKED = {  # stem -> (what the translation stops at, why d2seg cannot run it)
-    "beit/upernet_beit-large_fp16_8x1_640x640_160k_ade20k": (
-        "GradientCumulativeFp16OptimizerHook",
-        "it accumulates gradients over 2 iterations (mmcv's GradientCumulativeFp16OptimizerHook); "
-        "d2seg's trainer steps every iteration"),
-    "beit/upernet_beit-large_fp16_640x640_160k_ade20k_ms": (
-        "GradientCumulativeFp16OptimizerHook",
-        "gradients accumulated over 2 iterations, as its 8x1 parent"),
-}
+BLOCKED = {}  # stem -> (what the translation stops at, why d2seg cannot run it)
 
 # Decode-head arguments shared by heads: mmseg name -> d2seg key in the head's node
 HEAD_ARGS = {

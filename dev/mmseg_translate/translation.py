@@ -558,6 +558,10 @@ class Translation:
         fp16 = r.take("fp16", None)
         if fp16 is None:
             hook = r.node("optimizer_config")
+            if hook.take("type", "OptimizerHook") == "GradientCumulativeOptimizerHook":
+                self.accumulate(hook)
+            else:
+                self.set("SOLVER.ACCUMULATE_ITERS", 1)
             clip = hook.take("grad_clip", None)
             if clip is not None:  # mmcv's OptimizerHook: one norm over the whole model
                 clip = Node(clip, "optimizer_config.grad_clip")
@@ -580,10 +584,18 @@ class Translation:
         if fp16 != {}:
             raise TranslationError(f"{self.stem}: fp16 = {fp16!r}: d2seg only supports dict()")
         hook = r.node("optimizer_config")
-        hook.expect("type", "Fp16OptimizerHook")
+        kind = hook.take("type")
+        if kind == "GradientCumulativeFp16OptimizerHook":  # BEiT-L
+            self.accumulate(hook)
+        elif kind == "Fp16OptimizerHook":
+            self.set("SOLVER.ACCUMULATE_ITERS", 1)
+        else:
+            raise TranslationError(f"{self.stem}: optimizer_config.type={kind!r} with fp16: d2seg "
+                                   "has Fp16OptimizerHook, GradientCumulativeFp16OptimizerHook")
+        hook.expect("grad_clip", None, None)
         # mmcv keeps the scale at 512 (GradScaler.update(512.) every step, still skipping
         # steps with inf/nan gradients): SOLVER.AMP.LOSS_SCALE does the same
-        scale = hook.take("loss_scale")
+        scale = hook.take("loss_scale", 512.0)  # mmcv's Fp16OptimizerHook default
         if scale == "dynamic":  # mmcv: torch's GradScaler() with its defaults, as d2seg's 0
             scale, note = 0.0, "dynamic: torch's GradScaler, as mmcv's loss_scale='dynamic'"
         elif isinstance(scale, float) and scale > 0:
@@ -596,6 +608,14 @@ class Translation:
         self.set("SOLVER.AMP.DTYPE", "float16")
         self.set("SOLVER.AMP.LOSS_SCALE", scale, note)
         self.facts["fp16"] = True
+
+    def accumulate(self, hook):
+        """mmcv's GradientCumulative(Fp16)OptimizerHook -> SOLVER.ACCUMULATE_ITERS."""
+        n = hook.take("cumulative_iters", 1)
+        if not isinstance(n, int) or n < 1:
+            raise TranslationError(f"{self.stem}: {hook.path}.cumulative_iters={n!r}")
+        self.set("SOLVER.ACCUMULATE_ITERS", n, "mmcv's GradientCumulative*OptimizerHook: one "
+                 "optimizer step every this many iterations")
 
     def paramwise(self, opt):
         """mmcv's paramwise_cfg -> SOLVER.PARAMWISE; mmseg's layer-wise lr decay constructors
