@@ -181,7 +181,7 @@ def test_every_shipped_config_names_weights_that_resolve_to_the_table(zoo_config
     a URL of the table; mmseg's configs name exactly what mmseg's config loads. Only narrow
     from-scratch models (the quickstart's), mmseg's own from-scratch configs (BiSeNetV1, ICNet,
     LR-ASPP "scratch"), the CamVid LR-ASPP of docs/deployment.md (trained here from scratch)
-    and ViT/BEiT/MAE (mmseg loads a local pretrain/*.pth, which their yaml names) say
+    and ViT/BEiT/MAE/SETR/DPT (mmseg loads a local pretrain/*.pth, which their yaml names) say
     MODEL.WEIGHTS ""."""
     urls = table_urls()
     table = checkpoint_table()["configs"]
@@ -209,7 +209,7 @@ def test_every_shipped_config_names_weights_that_resolve_to_the_table(zoo_config
     assert zoo_configs["quickstart.yaml"].MODEL.WEIGHTS == ""  # from scratch on purpose
     assert unnamed == [], f"{len(unnamed)} zoo configs train from scratch: {unnamed[:5]} ..."
     assert mmseg_scratch == 13  # BiSeNetV1 5, ICNet 6, LR-ASPP 2: from scratch as in mmseg
-    assert local == 13  # ViT/DeiT 11, BEiT-B, MAE-B
+    assert local == 25  # ViT/DeiT 11, BEiT 4, MAE 2, SETR 7, DPT 1
 
 
 def test_from_scratch_warning_names_what_mmseg_loads(zoo_configs):
