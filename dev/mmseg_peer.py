@@ -245,10 +245,20 @@ def load_via_checkpointer(ref, model, path):
     return model.eval()
 
 
-def assert_close_to_scale(got, expected, rel=1e-4):
-    """Same shape, and within ``rel`` of max(1, the reference's largest magnitude)."""
+def assert_close_to_scale(got, expected, rel=1e-4, what="logits"):
+    """Same shape, and within ``rel`` of max(1, the reference's largest magnitude). With
+    ``D2SEG_PARITY_REPORT=<file>`` each comparison appends a line to that file (test, what,
+    dtype, shape, max |difference|, scale): the figures behind docs/model_zoo.md's parity column."""
     assert got.shape == expected.shape
-    assert (got - expected).abs().max() <= rel * max(1.0, expected.abs().max().item())
+    diff = (got - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    report = os.environ.get("D2SEG_PARITY_REPORT")
+    if report:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+        with open(report, "a") as f:
+            f.write(f"{test}\t{what}\t{str(got.dtype).replace('torch.', '')}\t"
+                    f"{'x'.join(map(str, got.shape))}\t{diff:.2e}\t{scale:.3g}\n")
+    assert diff <= rel * max(1.0, scale), f"{what}: max |d| {diff:.3g} at scale {scale:.3g}"
 
 
 def logits_in(ref, model, size, dtype):

@@ -65,10 +65,6 @@ def _pair(tmp_path, family, img_size=(64, 64), size=(70, 75), drop_path=0.1, opt
     return ref, model.eval(), cfg
 
 
-def _assert_close(got, expected, rel=1e-4):
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max() <= rel * max(1.0, expected.abs().max().item())
-
 
 # 70 x 75 -> a 4 x 4 patch grid (window of IMG_SIZE 64), 75 x 93 -> 4 x 5 (IMG_SIZE 64 x 80, a
 # non-square window: its relative position index); float64 makes a small departure (another
@@ -88,12 +84,12 @@ def test_upernet_beit_mae_logits_match_mmseg(tmp_path, family, img_size, size, d
         aux = model.auxiliary_heads[0](pyr)[0]
     assert 0.1 < expected.abs().max() < 100  # the comparison is not of zeros
     assert expected.shape == (1, 150, *size)
-    _assert_close(got, expected, rel)
-    _assert_close(aux, aux_expected, rel)
+    mmseg_peer.assert_close_to_scale(got, expected, rel)
+    mmseg_peer.assert_close_to_scale(aux, aux_expected, rel, what="aux logits")
     for i, r in enumerate(ref_feats):
-        _assert_close(feats[f"{family}{i}"], r, rel)
+        mmseg_peer.assert_close_to_scale(feats[f"{family}{i}"], r, rel, what="features")
     for i, r in enumerate(ref_pyr):
-        _assert_close(pyr[f"pyramid{i + 1}"], r, rel)
+        mmseg_peer.assert_close_to_scale(pyr[f"pyramid{i + 1}"], r, rel, what="neck")
 
 
 # pyramid1 and pyramid2 reach the loss only through UPerHead's 1x1 lateral conv and its
@@ -154,6 +150,7 @@ def test_upernet_beit_training_step_and_layer_decay_adamw_match_mmseg(tmp_path):
     opt.step()
     moved = 0
     for k, p in params.items():
-        _assert_close(p.detach(), ref_params[k].detach(), rel=1e-10)
+        mmseg_peer.assert_close_to_scale(p.detach(), ref_params[k].detach(), rel=1e-10,
+                                         what="parameters")
         moved += not torch.equal(p.detach(), before[k])
     assert moved == len(params) - len(THEORY_ZERO)

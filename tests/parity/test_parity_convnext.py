@@ -72,9 +72,9 @@ def test_upernet_convnext_logits_match_mmseg(tmp_path, dtype, rel):
     assert expected.shape == (1, 19, *size)
     assert ref_feats[0].shape[2:] == (24, 32)
     _assert_close(got, expected, rel)
-    _assert_close(aux, aux_expected, rel)
+    _assert_close(aux, aux_expected, rel, what="aux logits")
     for i, r in enumerate(ref_feats):
-        _assert_close(feats[f"convnext{i + 1}"], r, rel)
+        _assert_close(feats[f"convnext{i + 1}"], r, rel, what="features")
 
 
 def test_convnext_backbone_with_conv_pointwise_matches_mmcls():
@@ -98,7 +98,7 @@ def test_convnext_backbone_with_conv_pointwise_matches_mmcls():
     assert list(got) == ["convnext2", "convnext4"]
     assert model.output_shape()["convnext4"].stride == 24
     for name, e in zip(got, expected):
-        _assert_close(got[name], e)
+        _assert_close(got[name], e, what="features")
 
 
 def _mmseg_optimizer(ref):

@@ -54,7 +54,7 @@ def test_dpt_logits_match_mmseg(tmp_path, readout, dtype, rel):
     assert expected.shape == (1, CLASSES, *SIZE)
     assert feats["vit0"].shape[-2:] == (5, 7) and feats["vit3_cls"].shape == (1, WIDTH)
     assert head.shape[-2:] == (48, 64)  # 3x4 doubled four times
-    mmseg_peer.assert_close_to_scale(head, head_expected, rel)
+    mmseg_peer.assert_close_to_scale(head, head_expected, rel, what="head")
     mmseg_peer.assert_close_to_scale(got, expected, rel)
 
 

@@ -106,7 +106,7 @@ def test_knet_logits_match_mmseg(variant, size, dtype, rel, tmp_path):
     mmseg_peer.assert_close_to_scale(got, expected, rel)
     assert len(stages) == len(ref_stages) == 4
     for s, r in zip(stages, ref_stages):
-        mmseg_peer.assert_close_to_scale(s, r, rel)
+        mmseg_peer.assert_close_to_scale(s, r, rel, what="stage logits")
 
 
 def test_knet_training_step_matches_mmseg(tmp_path):
@@ -160,7 +160,7 @@ def test_kernel_update_head_matches_mmseg(conv_kernel_size, mask_stride):
         expected = ref.eval()(x, kernels, masks)
         got = model.eval()(x, kernels, masks)
     for e, o in zip(expected, got):
-        mmseg_peer.assert_close_to_scale(o, e)
+        mmseg_peer.assert_close_to_scale(o, e, what="update head")
 
 
 def test_knet_swin_recipe_step_matches_mmseg():

@@ -96,7 +96,7 @@ def test_segmenter_logits_match_mmseg(tmp_path, dtype, rel):
     expected, got, masks_expected, masks, _ = logits_and_head_outputs(*_pair(tmp_path), dtype,
                                                                       SIZE, n=2)
     assert expected.shape == (2, CLASSES, *SIZE) and masks.shape == (2, CLASSES, 5, 7)
-    mmseg_peer.assert_close_to_scale(masks, masks_expected, rel)
+    mmseg_peer.assert_close_to_scale(masks, masks_expected, rel, what="masks")
     mmseg_peer.assert_close_to_scale(got, expected, rel)
 
 
@@ -208,7 +208,7 @@ def test_segmenter_imagenet_weights_load_as_mmseg_init_weights(tmp_path, caplog)
     x = mmseg_peer.calibration_images(1, SIZE, seed=3)
     with torch.no_grad():
         mmseg_peer.assert_close_to_scale(model.eval().backbone(x)[f"vit{LAYERS - 1}"],
-                                         ref(x)[0], 1e-4)
+                                         ref(x)[0], 1e-4, what="features")
 
 
 @pytest.mark.parametrize("mmseg_name, opts", [

@@ -113,13 +113,13 @@ def test_setr_logits_match_mmseg(tmp_path, variant, dtype, rel):
     # before the resize to the input: PUP reaches the padded input's size (5x7 x 16), the
     # others 1/4 of it
     assert decode_expected.shape[-2:] == ((80, 112) if variant == "pup" else (20, 28))
-    _assert_close(decode, decode_expected, rel)
+    _assert_close(decode, decode_expected, rel, what="decode logits")
     assert len(aux) == len(aux_expected) == (4 if variant == "mla" else 3)
     for a, r in zip(aux, aux_expected):
-        _assert_close(a, r, rel)
+        _assert_close(a, r, rel, what="aux logits")
     if variant == "mla":  # the neck's outputs, in mmseg's (reversed) order
         for i, r in enumerate(ref_feats):
-            _assert_close(feats[f"mla{i}"], r, rel)
+            _assert_close(feats[f"mla{i}"], r, rel, what="neck")
 
 
 def test_setr_mla_training_step_matches_mmseg(tmp_path):

@@ -51,10 +51,6 @@ def _pair(tmp_path, window=7, drop_path=0.3, size=(97, 131)):
     return ref, model.eval()
 
 
-def _assert_close(got, expected, rel=1e-4):
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max() <= rel * max(1.0, expected.abs().max().item())
-
 # swin1 and swin2 reach the loss only through UPerHead's 1x1 lateral conv and its training-mode
 # BN, which removes any per-channel constant: their output LayerNorms' bias gradients are zero in
 # theory (swin3 also feeds the auxiliary 3x3 conv, swin4 the PPM's 3x3 bottleneck: their zero
@@ -78,10 +74,10 @@ def test_upernet_swin_logits_match_mmseg(tmp_path, window, size, dtype, rel):
         aux = model.auxiliary_heads[0](feats)[0]
     assert 0.1 < expected.abs().max() < 100  # the comparison is not of zeros
     assert expected.shape == (1, 19, *size)
-    _assert_close(got, expected, rel)
-    _assert_close(aux, aux_expected, rel)
+    mmseg_peer.assert_close_to_scale(got, expected, rel)
+    mmseg_peer.assert_close_to_scale(aux, aux_expected, rel, what="aux logits")
     for i, r in enumerate(ref_feats):
-        _assert_close(feats[f"swin{i + 1}"], r, rel)
+        mmseg_peer.assert_close_to_scale(feats[f"swin{i + 1}"], r, rel, what="features")
 
 
 @pytest.mark.parametrize("strides", [[4, 2, 2, 2], [4, 1, 2, 2]])
@@ -106,7 +102,7 @@ def test_swin_backbone_matches_mmseg_patch_merging_strides(strides):
         expected, got = ref(x), model(x)
     assert list(got) == ["swin2", "swin4"]
     for name, e in zip(got, expected):
-        _assert_close(got[name], e)
+        mmseg_peer.assert_close_to_scale(got[name], e, what="features")
 
 
 def test_upernet_swin_training_step_matches_mmseg(tmp_path):

@@ -60,10 +60,6 @@ def _pair(tmp_path, svt=False, window=7, drop_path=0.2, size=(97, 131)):
     return ref, model.eval()
 
 
-def _assert_close(got, expected, rel=1e-4):
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max() <= rel * max(1.0, expected.abs().max().item())
-
 
 # SVT, window 7 at 97x131: stage maps 25x33 (LSA pads 3 and 2: padded tokens masked), 13x17 (1
 # and 4), 7x9 (pads 0 and 5: mmseg's bug, padded tokens unmasked), 4x5 (3 and 2); window 3 at
@@ -82,10 +78,10 @@ def test_upernet_twins_logits_match_mmseg(tmp_path, svt, window, size, dtype, re
         aux = model.auxiliary_heads[0](feats)[0]
     assert 0.1 < expected.abs().max() < 1000  # the comparison is not of zeros
     assert expected.shape == (1, 19, *size)
-    _assert_close(got, expected, rel)
-    _assert_close(aux, aux_expected, rel)
+    mmseg_peer.assert_close_to_scale(got, expected, rel)
+    mmseg_peer.assert_close_to_scale(aux, aux_expected, rel, what="aux logits")
     for i, r in enumerate(ref_feats):
-        _assert_close(feats[f"twins{i + 1}"], r, rel)
+        mmseg_peer.assert_close_to_scale(feats[f"twins{i + 1}"], r, rel, what="features")
 
 
 @pytest.mark.parametrize("svt", [False, True])
@@ -168,4 +164,4 @@ def test_fpn_twins_logits_match_mmseg(tmp_path):
     with torch.no_grad():
         expected, got = ref.encode_decode(img, [{}]), model.encode_decode(img)
     assert 0.1 < expected.abs().max() < 1000
-    _assert_close(got, expected)
+    mmseg_peer.assert_close_to_scale(got, expected)

@@ -81,15 +81,15 @@ def test_upernet_vit_logits_match_mmseg(tmp_path, neck, final_norm, dtype, rel):
     _assert_close(got, expected, rel)
     for i, r in enumerate(ref_backbone):
         assert r.shape[-2:] == (5, 7)
-        _assert_close(backbone[f"vit{i}"], r, rel)
+        _assert_close(backbone[f"vit{i}"], r, rel, what="features")
     names = [f"mln{i}" for i in range(4)] if neck else OUTS
     for name, r in zip(names, ref_feats):
-        _assert_close(feats[name], r, rel)
+        _assert_close(feats[name], r, rel, what="neck")
     if not neck:  # four 1/16 maps: UPerHead's output before the resize to the input is 5x7
         assert feats["vit3"].shape[-2:] == (5, 7)
     with torch.no_grad():
         aux = model.auxiliary_heads[0](feats)[0]
-    _assert_close(aux, aux_expected, rel)
+    _assert_close(aux, aux_expected, rel, what="aux logits")
 
 
 def test_upernet_vit_training_step_matches_mmseg(tmp_path, monkeypatch):
