@@ -452,6 +452,25 @@ def test_generator_translates_and_rejects_transformer_recipes(monkeypatch):
     assert s.AMP.ENABLED and s.AMP.LOSS_SCALE == 0.0  # loss_scale='dynamic'
     assert (t.cfg.TEST.MODE, list(t.cfg.TEST.STRIDE)) == ("slide", [341, 341])
     assert t.cfg.MODEL.CONVNEXT.DROP_PATH_RATE == 0.4
+    # K-Net: the generator is the decode head's node, the update heads MODEL.KNET_HEAD
+    t = gen.Translation("knet/knet_s3_pspnet_r50-d8_8x2_512x512_adamw_80k_ade20k")
+    k = t.cfg.MODEL.KNET_HEAD
+    assert (t.base_model, t.cfg.MODEL.SEM_SEG_HEAD.NAME, k.KERNEL_GENERATE_HEAD) == (
+        "knet_s3_pspnet_r50-d8", "IterativeDecodeHead", "PSPHead")
+    assert (k.NUM_STAGES, k.NUM_MASK_FCS, k.UPDATOR_FEAT_CHANNELS, k.FEAT_TRANSFORM_KERNEL_SIZE) \
+        == (3, 1, 256, 1)
+    assert list(t.cfg.MODEL.PSP_HEAD.POOL_SCALES) == [1, 2, 3, 6]
+    assert t.cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
+    # SETR: naive and PUP share SETRUPHead; the base follows the decode head's convs
+    assert gen.Translation("setr/setr_pup_512x512_160k_b16_ade20k").base_model == "setr_pup"
+    t = gen.Translation("setr/setr_naive_512x512_160k_b16_ade20k")
+    assert (t.base_model, t.cfg.MODEL.SEM_SEG_HEAD.UP_SCALE, t.cfg.MODEL.AUX_HEAD.NUM_CONVS) == (
+        "setr_naive", 4, 2)
+    # BEiT-L: fp16 with gradients accumulated over 2 iterations; the _ms test's min_size
+    t = gen.Translation("beit/upernet_beit-large_fp16_640x640_160k_ade20k_ms")
+    s = t.cfg.SOLVER
+    assert (s.ACCUMULATE_ITERS, s.AMP.ENABLED, s.AMP.LOSS_SCALE, t.cfg.TEST.AUG.MIN_SIZE) == (
+        2, True, 512.0, 640)
 
     real = gen.read.load_mmseg
     swin = "swin/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K"
@@ -469,6 +488,24 @@ def test_generator_translates_and_rejects_transformer_recipes(monkeypatch):
         ("poolformer/fpn_poolformer_s12_8x4_512x512_40k_ade20k",
          lambda c: c["model"]["backbone"].update(arch=dict(layers=[2, 2, 2, 2])),
          "model.backbone.arch"),
+        ("knet/knet_s3_fcn_r50-d8_8x2_512x512_adamw_80k_ade20k",
+         lambda c: c["model"]["decode_head"]["kernel_update_head"][2].update(num_heads=4),
+         "d2seg builds identical stages"),
+        ("knet/knet_s3_fcn_r50-d8_8x2_512x512_adamw_80k_ade20k",
+         lambda c: [u["kernel_updator_cfg"].update(gate_norm_act=True)
+                    for u in c["model"]["decode_head"]["kernel_update_head"]],
+         "kernel_updator_cfg.gate_norm_act"),
+        ("segmenter/segmenter_vit-t_mask_8x1_512x512_160k_ade20k",
+         lambda c: c["model"]["decode_head"].update(num_fcs=3), "model.decode_head.num_fcs"),
+        ("dpt/dpt_vit-b16_512x512_160k_ade20k",
+         lambda c: c["model"]["decode_head"].update(expand_channels=True),
+         "model.decode_head.expand_channels"),
+        ("setr/setr_mla_512x512_160k_b8_ade20k",
+         lambda c: c["model"]["neck"].update(norm_layer=dict(type="LN", eps=1e-5)),
+         "model.neck.norm_layer"),
+        ("beit/upernet_beit-large_fp16_8x1_640x640_160k_ade20k",
+         lambda c: c["optimizer_config"].update(cumulative_iters=0),
+         "optimizer_config.cumulative_iters=0"),
     ]
     for stem, edit, where in cases:
         monkeypatch.setattr(gen.read, "load_mmseg", _patched(real, edit))
