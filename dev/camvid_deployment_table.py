@@ -7,10 +7,11 @@ after timing each model's three forms on one CamVid test image in the same proce
 
 - mIoU on CamVid test (233 images): PyTorch from ``tools/train_net.py --eval-only``'s log, ONNX
   Runtime fp32 / INT8 from ``tools/evaluate_deployed.py``'s metrics.json (the same evaluator);
-- latency: ms per image, median of ``--rounds`` rounds in which PyTorch (d2seg's model with
+- latency: ms per image, median over ``--rounds`` rounds in which PyTorch (d2seg's model with
   ``optimize_for_inference``, the image normalised inside as in the graph), ORT fp32 and ORT
-  INT8 take turns (A-B-C, then C-B-A), ``--threads`` intra-op threads each, on the first test
-  image after the config's test resize (360 x 480; LR-ASPP: 392 x 523).
+  INT8 take turns in blocks (A-B-C, then C-B-A; each block 3 untimed runs then 5 timed ones:
+  ``d2seg.utils.timing.interleaved_blocks``), ``--threads`` intra-op threads each, on the first
+  test image after the config's test resize (360 x 480; LR-ASPP: 392 x 523).
 """
 import argparse
 import json
@@ -18,12 +19,13 @@ import os
 import re
 import statistics
 import sys
-import time
 
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from d2seg.utils.timing import interleaved_blocks  # noqa: E402
 
 
 def read_pytorch_miou(log_path):
@@ -33,18 +35,6 @@ def read_pytorch_miou(log_path):
         if header.startswith("mIoU,"):
             return float(values.split(",")[0])
     raise ValueError(f"{log_path}: no mIoU copypaste line")
-
-
-def interleaved(fns, rounds, warmup=2):
-    names = list(fns)
-    times = {k: [] for k in names}
-    for r in range(warmup + rounds):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            fns[k]()
-            if r >= warmup:
-                times[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def time_model(name, out, rounds, threads):
@@ -79,11 +69,12 @@ def time_model(name, out, rounds, threads):
     feed = {sessions["model"].get_inputs()[0].name: rgb}
     torch.set_num_threads(threads)
     with torch.no_grad():
-        seconds = interleaved({
+        times = interleaved_blocks({
             "pytorch": lambda: model(inputs)[0]["sem_seg"],
             "ort_fp32": lambda: sessions["model"].run(None, feed),
             "ort_int8": lambda: sessions["model_int8"].run(None, feed),
-        }, rounds)
+        }, rounds=rounds)
+    seconds = {k: statistics.median(v) for k, v in times.items()}
     return seconds, tuple(image.shape[-2:]), sum(p.numel() for p in model.parameters())
 
 
@@ -119,8 +110,8 @@ def main():
             f"{ms['ort_int8'] / ms['ort_fp32']:.2f}x | {1e3 / min(ms.values()):.1f} |")
         print(f"{name}: {json.dumps(figures[name])}", file=sys.stderr, flush=True)
     load = [round(x, 2) for x in os.getloadavg()]
-    print(f"{args.threads} threads, medians of {args.rounds} interleaved rounds; load average "
-          f"after: {load}\n")
+    print(f"{args.threads} threads, medians of {args.rounds} interleaved rounds of blocks; load "
+          f"average after: {load}\n")
     print("| model | params | input | mIoU PyTorch fp32 | mIoU ORT fp32 | mIoU ORT INT8 | "
           "INT8 - fp32 | ms PyTorch | ms ORT fp32 | ms ORT INT8 | INT8 / fp32 time | "
           "images/s (fastest) |")

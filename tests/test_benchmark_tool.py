@@ -87,3 +87,17 @@ def test_benchmark_ops_prints_both_tables(monkeypatch, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[1].startswith("| 8 -> 4, 6 x 10 |") and len(rows[1].split("|")) == 5
     assert [r.split("|")[1].strip() for r in rows[3:]] == ["3", "9"]
+
+
+def test_interleaved_blocks_alternate_and_time_only_after_settling():
+    from d2seg.utils.timing import interleaved_blocks
+
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in ("a", "b", "c")}
+    times = interleaved_blocks(fns, rounds=3, block=2, settle=1)
+    assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6, "c": 6}
+    assert all(t >= 0 for v in times.values() for t in v)
+    # blocks of settle + block calls, in A-B-C then C-B-A order
+    assert "".join(calls) == "aaabbbccc" + "cccbbbaaa" + "aaabbbccc"
+    with pytest.raises(ValueError, match="rounds 0"):
+        interleaved_blocks(fns, rounds=0)

@@ -288,7 +288,8 @@ def add_int8(cfg, args, path, info) -> bool:
           f"{int8['verification_images']} {'held-out' if int8['verification_held_out'] else ''}"
           f" images" + (f", max |d logit| {a['max_abs_diff']:.3g} (max |logit| "
                         f"{a['max_abs_logit']:.3g})" if "max_abs_diff" in a else "")
-          + f"; {c['int8_convs']}/{c['fp32_convs']} convs run in int8")
+          + f"; {c['int8_convs']}/{c['fp32_convs']} convs run in int8; ops on dequantised "
+          f"tensors: {', '.join(f'{k} {v}' for k, v in c['float_ops'].items()) or 'none'}")
     if "latency_s" in int8:
         t = int8["latency_s"]
         print(f"int8: latency at 2 threads {t['fp32'] * 1e3:.1f} ms fp32, {t['int8'] * 1e3:.1f} "

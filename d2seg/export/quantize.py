@@ -7,8 +7,9 @@ normalisation is in the graph). The recipe (:data:`RECIPE`) was chosen by measur
 project's 2-core AVX-512-VNNI CPU: QDQ, per-channel S8 weights, U8 activations (the S8->U8
 rewrite ORT needs on x86 skips residual tensors, so S8 activations leave convs unfused),
 Percentile ranges (99.999th percentile: fewer flipped pixels than MinMax, at ~10x the
-calibration time; MinMax is the fast option), and the classifier conv with everything after it
-(the final upsample) kept in float.
+calibration time; MinMax is the fast option), the classifier conv with everything after it
+(the final upsample) kept in float, and :mod:`~d2seg.export.qdq_rewrites`' graph rewrites (fewer
+float islands: HardSwish, shapes and paddings of quantised maps).
 
 Nothing here runs on import: onnxruntime is the ``deploy`` extra's.
 """
@@ -20,6 +21,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..utils.timing import interleaved_blocks
+from . import qdq_rewrites
+
 __all__ = ["RECIPE", "CALIBRATION_METHODS", "DEFAULT_METHOD", "require_onnxruntime",
            "calibration_dicts", "CalibrationImages", "output_chain", "quantize_onnx",
            "compare_onnx", "count_fused_convs", "interleaved_latency", "quantize_and_verify"]
@@ -29,7 +33,9 @@ DEFAULT_METHOD = "percentile"
 # the measured choice (docs/deployment.md, "INT8"): see the module docstring
 RECIPE = {"format": "QDQ", "activations": "QUInt8", "weights": "QInt8 per channel",
           "reduce_range": False, "calibration": DEFAULT_METHOD,
-          "keep_float": "classifier conv and the ops after it"}
+          "keep_float": "classifier conv and the ops after it",
+          "graph_rewrites": "HardSwish as Add/Clip/Mul; Shape and zero Pad read the quantised "
+                            "tensor (d2seg.export.qdq_rewrites)"}
 
 
 def require_onnxruntime():
@@ -160,9 +166,11 @@ def _name_nodes(model) -> None:
 
 def quantize_onnx(fp32_path: str, int8_path: str, reader: CalibrationImages, *,
                   method: str = DEFAULT_METHOD, keep_output_chain: bool = True,
-                  per_channel: bool = True, activation_type: str = "QUInt8") -> Dict:
+                  per_channel: bool = True, activation_type: str = "QUInt8",
+                  graph_rewrites: bool = True) -> Dict:
     """Writes ``int8_path``: ``fp32_path`` pre-processed (shape inference, ORT's basic graph
-    optimisations) and quantised statically (:data:`RECIPE`), calibrated on ``reader``.
+    optimisations) and quantised statically (:data:`RECIPE`), calibrated on ``reader``; with
+    ``graph_rewrites``, :mod:`~d2seg.export.qdq_rewrites`' before and after quantisation.
     Returns the settings used."""
     import onnx
 
@@ -178,20 +186,26 @@ def quantize_onnx(fp32_path: str, int8_path: str, reader: CalibrationImages, *,
         quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
         model = onnx.load(pre)
         _name_nodes(model)
+        rewrites = qdq_rewrites.before_quantization(model) if graph_rewrites else {}
         onnx.save(model, pre)
         excluded = output_chain(model) if keep_output_chain else []
         reader.rewind()
+        quantized = os.path.join(tmp, "int8.onnx")
         q.quantize_static(
-            pre, int8_path, reader, quant_format=q.QuantFormat.QDQ, per_channel=per_channel,
+            pre, quantized, reader, quant_format=q.QuantFormat.QDQ, per_channel=per_channel,
             reduce_range=False, activation_type=getattr(q.QuantType, activation_type),
             weight_type=q.QuantType.QInt8, nodes_to_exclude=excluded,
             calibrate_method={"minmax": q.CalibrationMethod.MinMax,
                               "entropy": q.CalibrationMethod.Entropy,
                               "percentile": q.CalibrationMethod.Percentile}[method],
             extra_options={"CalibStridedMinMax": 1})  # one image at a time (bounded memory)
+        model = onnx.load(quantized)
+        if graph_rewrites:
+            rewrites.update(qdq_rewrites.after_quantization(model))
+        onnx.save(model, int8_path)
     return {"calibration_method": method, "per_channel": per_channel,
             "activation_type": activation_type, "weight_type": "QInt8", "format": "QDQ",
-            "kept_in_float": excluded}
+            "kept_in_float": excluded, "graph_rewrites": rewrites}
 
 
 def _session(path: str, threads: int = 0, optimized_path: Optional[str] = None):
@@ -232,35 +246,41 @@ def compare_onnx(fp32_path: str, int8_path: str, images: CalibrationImages) -> D
     return figures
 
 
-def count_fused_convs(fp32_path: str, int8_path: str) -> Dict[str, int]:
+def count_fused_convs(fp32_path: str, int8_path: str) -> Dict:
     """Convs of the fp32 file against the integer convs ORT runs for the INT8 file after its
-    graph optimisations (QDQ pairs it could not fuse leave float convs)."""
+    graph optimisations (QDQ pairs it could not fuse leave float convs), and ``float_ops``: the
+    ops that still read a dequantised tensor there, by type (what keeps parts in float)."""
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="d2seg-int8-") as tmp:
         optimized = os.path.join(tmp, "optimized.onnx")
         _session(int8_path, optimized_path=optimized)
-        ops = [n.op_type for n in onnx.load(optimized).graph.node]
+        nodes = list(onnx.load(optimized).graph.node)
     convs = sum(n.op_type == "Conv" for n in onnx.load(fp32_path).graph.node)
+    dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    float_ops: Dict[str, int] = {}
+    for n in nodes:
+        if n.op_type != "DequantizeLinear" and dequantized.intersection(n.input):
+            float_ops[n.op_type] = float_ops.get(n.op_type, 0) + 1
+    ops = [n.op_type for n in nodes]
     return {"fp32_convs": convs, "int8_convs": sum(op in ("QLinearConv", "ConvInteger") or
                                                    op.endswith("QLinearConv") for op in ops),
-            "float_convs_left": sum(op == "Conv" for op in ops)}
+            "float_convs_left": sum(op == "Conv" for op in ops),
+            "float_ops": dict(sorted(float_ops.items()))}
 
 
 def interleaved_latency(paths: Dict[str, str], image: np.ndarray, *, threads: int = 2,
                         rounds: int = 7, warmup: int = 1) -> Dict[str, float]:
-    """Median seconds per run of each file at ``threads`` intra-op threads, timed in interleaved
-    rounds (A-B then B-A) so that every file sees the same machine."""
+    """Median seconds per run of each file at ``threads`` intra-op threads, timed in ``rounds``
+    interleaved blocks (:func:`~d2seg.utils.timing.interleaved_blocks`) after ``warmup``
+    untimed runs of each, so that every file sees the same machine."""
     sessions = {k: _session(p, threads) for k, p in paths.items()}
     name = next(iter(sessions.values())).get_inputs()[0].name
-    times = {k: [] for k in sessions}
-    order = list(sessions)
-    for r in range(warmup + rounds):
-        for k in (order if r % 2 == 0 else order[::-1]):
-            start = time.perf_counter()
-            sessions[k].run(None, {name: image})
-            if r >= warmup:
-                times[k].append(time.perf_counter() - start)
+    runs = {k: (lambda s=s: s.run(None, {name: image})) for k, s in sessions.items()}
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times = interleaved_blocks(runs, rounds=rounds)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 

@@ -9,6 +9,7 @@ is a Detectron2 ``Conv2d`` whose PReLU keeps mmcv's name ``activate``.
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import CfgNode as CN
@@ -60,7 +61,8 @@ class GlobalContextExtractor(nn.Module):
             nn.Linear(channels // reduction, channels), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.fc(x.mean(dim=(2, 3)))[:, :, None, None]
+        # global pooling exports as GlobalAveragePool (uint8 in an INT8 graph, unlike ReduceMean)
+        return x * self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))[:, :, None, None]
 
 
 class ContextGuidedBlock(nn.Module):

@@ -109,7 +109,9 @@ class SELayer(nn.Module):
         self.conv2 = _conv(mid, channels, 1, "", F.hardsigmoid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.conv2(self.conv1(x.mean((2, 3), keepdim=True)))
+        # global pooling (not a mean over dims 2, 3) exports as GlobalAveragePool, which ONNX
+        # Runtime runs on uint8 in an INT8 graph; ReduceMean runs in float there
+        return x * self.conv2(self.conv1(F.adaptive_avg_pool2d(x, 1)))
 
 
 def make_divisible(value: float, divisor: int, min_ratio: float = 0.9) -> int:
