@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -124,3 +125,18 @@ def test_demo_runs_an_exported_file(exported, tmp_path):
         "--config-file", str(REPO_CONFIGS / "quickstart.yaml"), "--dataset", VAL, "--max", "2",
         "--model", onnx, "--output", str(tmp_path), *opts])
     assert len(written) == 2 and all(os.path.isfile(f) for f in written)
+    # the exported file given as MODEL.WEIGHTS runs the same way (the demo says so)
+    again = _tool("demo").main([
+        "--config-file", str(REPO_CONFIGS / "quickstart.yaml"), "--dataset", VAL, "--max", "2",
+        "--output", str(tmp_path / "as_weights"), *opts, "MODEL.WEIGHTS", onnx])
+    assert len(again) == 2
+    for a, b in zip(written, again):
+        assert np.array_equal(cv2.imread(a), cv2.imread(b))
+
+
+def test_checkpoint_loading_an_exported_file_says_what_runs_it(exported):
+    from d2seg.checkpoint.convert import read_checkpoint_file
+
+    with pytest.raises(RuntimeError, match=r"model.onnx: .*an exported ONNX graph, not weights: "
+                                           r"run it with tools/evaluate_deployed.py --model"):
+        read_checkpoint_file(exported[1])

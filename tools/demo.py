@@ -110,6 +110,11 @@ def run(argv=None):
     """Returns (written files, skipped inputs with their reasons)."""
     args = parse_args(argv)
     cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts), None)
+    if not args.model and cfg.MODEL.WEIGHTS.lower().endswith(".onnx"):
+        # an exported file given the way weights are: run it as --model would
+        print(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} is an exported graph: running it with ONNX "
+              "Runtime (as --model)")
+        args.model = cfg.MODEL.WEIGHTS
     predictor = d2seg.SemSegPredictor(cfg, model_file=args.model, threads=args.threads)
     meta = dataset_metadata(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     os.makedirs(args.output, exist_ok=True)

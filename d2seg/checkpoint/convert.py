@@ -43,9 +43,12 @@ def read_checkpoint_file(filename: str) -> Any:
         # numpy arrays in message_hub), so load only files you trust.
         return torch.load(filename, map_location="cpu", weights_only=False)
     except Exception as e:
+        hint = "truncated, corrupt or not a PyTorch checkpoint?"
+        if filename.lower().endswith(".onnx"):
+            hint = ("an exported ONNX graph, not weights: run it with tools/evaluate_deployed.py "
+                    "--model, tools/demo.py --model or SemSegPredictor(cfg, model_file=...)")
         raise RuntimeError(
-            f"cannot read checkpoint {filename}: {type(e).__name__}: {e} "
-            "(truncated, corrupt or not a PyTorch checkpoint?)"
+            f"cannot read checkpoint {filename}: {type(e).__name__}: {e} ({hint})"
         ) from e
 
 
