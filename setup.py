@@ -30,11 +30,15 @@ EXTRAS = {
     "datasets": ["scipy", "cityscapesscripts"],
     # tools/export_model.py, tools/benchmark.py --format onnx
     "deploy": ["onnx", "onnxruntime", "onnxscript"],
+    # tools/export_model.py --int8-backend openvino (and running its model_int8.xml); the
+    # versions measured in docs/deployment.md
+    "openvino": ["onnx", "onnxruntime", "openvino>=2026.4", "nncf>=3.4"],
     # tools/launch_slurm.py
     "slurm": ["submitit"],
 }
 # what the test suite imports (the MMSegmentation reference is installed by tools/install_test_deps.sh)
-EXTRAS["test"] = ["pytest", "hypothesis"] + EXTRAS["datasets"] + EXTRAS["deploy"] + EXTRAS["slurm"]
+EXTRAS["test"] = (["pytest", "hypothesis"] + EXTRAS["datasets"] + EXTRAS["deploy"]
+                  + EXTRAS["openvino"] + EXTRAS["slurm"])
 EXTRAS["all"] = sorted({p for v in EXTRAS.values() for p in v})
 
 setup(

@@ -82,6 +82,30 @@ def test_evaluate_deployed_equals_eval_only(exported, tmp_path, capsys):
     assert "ms per image" in out and "1 threads" in out and "12 images" in out
 
 
+def test_evaluate_deployed_runs_an_openvino_ir(exported, tmp_path, capsys):
+    """An INT8 OpenVINO IR (export_model.py --int8-backend openvino) goes through the same
+    evaluator; random weights leave near-ties, so its mIoU is only close to the fp32 file's."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from d2seg.export.openvino_int8 import quantize_openvino
+    from d2seg.export.quantize import CalibrationImages, calibration_dicts
+
+    opts, onnx = exported
+    _register_subset()
+    reader = CalibrationImages(_cfg(opts), calibration_dicts(VAL, 4), [None, 3, None, None])
+    ir = str(tmp_path / "model_int8.xml")
+    settings = quantize_openvino(onnx, ir, reader, keep_float=[])
+    assert settings["backend"] == "openvino" and os.path.isfile(ir[:-4] + ".bin")
+    results = {}
+    for name, path in (("fp32", onnx), ("int8", ir)):
+        results[name] = _tool("evaluate_deployed").main([
+            "--config-file", str(REPO_CONFIGS / "quickstart.yaml"), "--model", path,
+            "--dataset", SUBSET, "--output", str(tmp_path / name), "--threads", "1", *opts])
+    assert set(results["int8"]["sem_seg"]) == set(results["fp32"]["sem_seg"])
+    assert abs(results["int8"]["sem_seg"]["mIoU"] - results["fp32"]["sem_seg"]["mIoU"]) < 5
+    assert "OpenVINO (CPU, 1 threads)" in capsys.readouterr().out
+
+
 def test_evaluate_deployed_errors_name_the_file(exported, tmp_path):
     opts, _ = exported
     tool = _tool("evaluate_deployed")

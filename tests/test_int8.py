@@ -168,3 +168,77 @@ def test_int8_failure_keeps_the_checked_fp32_file(tmp_path, weights, capsys, mon
     info = json.loads((tmp_path / "export.json").read_text())
     assert info["int8"] == {"error": "RuntimeError: calibration broke"}
     assert "INT8 quantisation failed: RuntimeError: calibration broke" in capsys.readouterr().err
+
+
+def test_int8_openvino_backend_writes_an_ir_that_runs_everywhere(tmp_path, weights, capsys):
+    """--int8-backend openvino: model_int8.xml + .bin (NNCF), checked against model.onnx like the
+    ONNX Runtime file, the classifier kept in float; SemSegPredictor and the agreement read it
+    through OpenVINO (evaluate_deployed: tests/test_evaluate_deployed.py). Switching routes in
+    the same folder leaves only the new route's INT8 files."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import d2seg
+    import export_model
+    from d2seg.export.openvino_int8 import OpenVinoRunner
+    from d2seg.export.quantize import CalibrationImages, calibration_dicts
+
+    (tmp_path / "model_int8.onnx").write_bytes(b"from the other route")
+    extra = ["--int8-backend", "openvino", "--int8-latency", "1"]
+    argv = _args(tmp_path, weights, extra)
+    opts = argv[argv.index("--int8-check-images") + 2 + len(extra):]
+    assert _run(argv) == 0
+    assert sorted(os.listdir(tmp_path)) == ["export.json", "model.onnx", "model_int8.bin",
+                                            "model_int8.xml"]
+    int8 = json.loads((tmp_path / "export.json").read_text())["int8"]
+    assert int8["backend"] == "openvino" and int8["file"] == "model_int8.xml"
+    assert int8["format"] == "OpenVINO IR" and int8["nncf"] and int8["openvino"]
+    assert "/decode_head/conv_seg/Conv" in int8["kept_in_float"]
+    convs = int8["convs"]
+    assert convs["int8_convs"] == convs["fp32_convs"] - 1 and convs["float_convs_left"] == 1
+    assert int8["latency_s"]["int8"] > 0
+    assert "int8:" in capsys.readouterr().out
+    # the reported agreement is OpenVINO's file against ORT's fp32 one on the held-out images
+    cfg = export_model.export_cfg(argv[1], opts)
+    check = CalibrationImages(cfg, calibration_dicts(VAL, 3, skip=calibration_dicts(VAL, 4)),
+                              ["batch", 3, "height", "width"])
+    ov_file = OpenVinoRunner(str(tmp_path / "model_int8.xml"), threads=1)
+    import onnxruntime as ort
+
+    fp32 = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    same = pixels = 0
+    for k in range(3):
+        x = check.batch_at(k)
+        a, b = fp32.run(None, {"image": x})[0], ov_file(x)
+        same += (a.argmax(1) == b.argmax(1)).sum()
+        pixels += a[:, 0].size
+    assert int8["agreement"]["argmax_agreement"] == pytest.approx(same / pixels)
+    assert int8["agreement"]["argmax_agreement"] > 0.9
+    # the predictor runs the IR: its labels agree with the fp32 file's as the figures above do
+    image = DatasetCatalog.get(VAL)[-1]["file_name"]
+    import cv2
+
+    bgr = cv2.imread(image)
+    labels = d2seg.SemSegPredictor(cfg, model_file=str(tmp_path / "model_int8.xml"))(bgr)
+    reference = d2seg.SemSegPredictor(cfg, model_file=str(tmp_path / "model.onnx"))(bgr)
+    assert labels.shape == reference.shape == bgr.shape[:2]
+    assert (labels == reference).double().mean() > 0.9
+    # back to ONNX Runtime in the same folder: the IR goes, model_int8.onnx comes
+    assert _run(_args(tmp_path, weights)) == 0
+    assert sorted(f for f in os.listdir(tmp_path) if f.startswith("model_int8")) == \
+        ["model_int8.onnx"]
+
+
+def test_openvino_errors_name_the_file_and_the_extra(tmp_path, weights, capsys, monkeypatch):
+    pytest.importorskip("openvino")
+    from d2seg.export.openvino_int8 import OpenVinoRunner
+
+    with pytest.raises(FileNotFoundError, match="missing.xml: no such OpenVINO IR file"):
+        OpenVinoRunner(str(tmp_path / "missing.xml"))
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<net>not an IR")
+    with pytest.raises(ValueError, match="bad.xml: not an OpenVINO IR that OpenVINO can load"):
+        OpenVinoRunner(str(bad))
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    assert _run(_args(tmp_path / "e", weights, ["--int8-backend", "openvino"])) == 2
+    assert "pip install 'd2seg[openvino]'" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists() or os.listdir(tmp_path / "e") == []

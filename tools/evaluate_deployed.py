@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Evaluates an exported ONNX file (fp32 or INT8) with ONNX Runtime, as train_net.py --eval-only
-evaluates the PyTorch model.
+"""Evaluates an exported ONNX file (fp32 or INT8) with ONNX Runtime, or an INT8 OpenVINO IR
+(model_int8.xml, tools/export_model.py --int8-backend openvino) with OpenVINO, as train_net.py
+--eval-only evaluates the PyTorch model.
 
     python tools/evaluate_deployed.py --config-file CFG --model export/model.onnx \
         --output DIR [--dataset NAME] [--threads N] [KEY VALUE ...]
@@ -30,12 +31,12 @@ from d2seg.export.onnx_runtime import OnnxSegmentor
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config-file", required=True, help="the config the file was exported from")
-    p.add_argument("--model", required=True, help="the exported model.onnx (fp32 or INT8)")
+    p.add_argument("--model", required=True, help="the exported model.onnx (fp32 or INT8) or model_int8.xml (OpenVINO)")
     p.add_argument("--dataset", default="", help="registered dataset to evaluate (default: "
                    "DATASETS.TEST[0])")
     p.add_argument("--output", required=True, help="folder for metrics.json and the evaluator's "
                    "files")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: "
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime / OpenVINO threads (0: "
                    "its default)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
@@ -76,7 +77,8 @@ def main(argv=None) -> dict:
     views = model.images
     images = views // max(1, len(cfg.TEST.AUG.RATIOS) * (2 if cfg.TEST.AUG.FLIP else 1)) \
         if cfg.TEST.AUG.ENABLED else views
-    print(f"{args.model} on {name}: {images} images, ONNX Runtime (CPU, "
+    runtime = "OpenVINO" if args.model.lower().endswith(".xml") else "ONNX Runtime"
+    print(f"{args.model} on {name}: {images} images, {runtime} (CPU, "
           f"{args.threads or 'default'} threads) {model.latency_ms() or 0:.1f} ms per "
           f"{'view' if cfg.TEST.AUG.ENABLED else 'image'}, "
           f"{1000 * wall / max(1, images):.1f} ms per image end to end")

@@ -20,7 +20,9 @@ SOLVER.AMP's autocast, are switched off for the export; BN is folded into the co
 --int8 --calib-dataset NAME [--calib-images N] (ONNX only) also writes DIR/model_int8.onnx: ONNX
 Runtime static INT8 (QDQ) calibrated on N images of NAME read through the config's test pipeline,
 then compared with model.onnx on other images of NAME (export.json's "int8": argmax agreement,
-max |d logit|; d2seg/export/quantize.py, docs/deployment.md).
+max |d logit|; d2seg/export/quantize.py, docs/deployment.md). With --int8-backend openvino it
+writes DIR/model_int8.xml + .bin instead: an OpenVINO IR quantised by NNCF (the faster route on
+CPUs with AMX; d2seg/export/openvino_int8.py).
 """
 import argparse
 import json
@@ -239,6 +241,10 @@ def add_int8_args(p):
                    "of the dataset on which model_int8.onnx is compared with model.onnx")
     p.add_argument("--int8-latency", type=int, default=0, metavar="ROUNDS", help="also time both "
                    "files at 2 threads (median of ROUNDS interleaved rounds)")
+    p.add_argument("--int8-backend", default="onnxruntime", choices=("onnxruntime", "openvino"),
+                   help="onnxruntime (default): model_int8.onnx, ONNX Runtime QDQ; openvino: "
+                   "model_int8.xml/.bin, NNCF into an OpenVINO IR (pip install 'd2seg[openvino]'"
+                   "; --calib-method does not apply)")
 
 
 def check_int8_args(cfg, args) -> bool:
@@ -256,6 +262,10 @@ def check_int8_args(cfg, args) -> bool:
 
         try:
             require_onnxruntime()
+            if args.int8_backend == "openvino":
+                from d2seg.export.openvino_int8 import require_openvino
+
+                require_openvino(quantize=True)
             calibration_dicts(args.calib_dataset, args.calib_images)
         except (ImportError, ValueError) as e:
             problem = str(e)
@@ -269,18 +279,26 @@ def add_int8(cfg, args, path, info) -> bool:
     (with the error in ``info["int8"]`` and nothing half-written) if that fails."""
     from d2seg.export.quantize import quantize_and_verify
 
-    final = os.path.join(args.output, "model_int8.onnx")
-    tmp = os.path.join(args.output, ".partial-model_int8.onnx")
+    # an OpenVINO IR is two files, the .bin found next to the .xml by its name
+    suffixes = (".xml", ".bin") if args.int8_backend == "openvino" else (".onnx",)
+    final = os.path.join(args.output, "model_int8" + suffixes[0])
+    tmp = os.path.join(args.output, ".partial-model_int8" + suffixes[0])
     try:
         int8 = quantize_and_verify(cfg, path, tmp, args.calib_dataset, args.calib_images,
-                                   args.int8_check_images, args.calib_method, args.int8_latency)
+                                   args.int8_check_images, args.calib_method, args.int8_latency,
+                                   backend=args.int8_backend)
     except Exception as e:
-        remove_quietly(tmp)
-        remove_quietly(final)  # an older one would not match the new model.onnx
+        for suffix in (".onnx", ".xml", ".bin"):  # an older one would not match the new model
+            remove_quietly(os.path.join(args.output, ".partial-model_int8" + suffix))
+            remove_quietly(os.path.join(args.output, "model_int8" + suffix))
         info["int8"] = {"error": f"{type(e).__name__}: {e}"}
         print(f"error: INT8 quantisation failed: {type(e).__name__}: {e}", file=sys.stderr)
         return False
-    os.replace(tmp, final)
+    for suffix in (".onnx", ".xml", ".bin"):  # the other route's files would not match
+        if suffix not in suffixes:
+            remove_quietly(os.path.join(args.output, "model_int8" + suffix))
+    for suffix in suffixes[1:] + suffixes[:1]:  # the .xml last: complete once it is there
+        os.replace(tmp[:-len(suffixes[0])] + suffix, final[:-len(suffixes[0])] + suffix)
     int8["file"] = os.path.basename(final)
     info["int8"] = int8
     a, c = int8["agreement"], int8["convs"]
@@ -288,8 +306,10 @@ def add_int8(cfg, args, path, info) -> bool:
           f"{int8['verification_images']} {'held-out' if int8['verification_held_out'] else ''}"
           f" images" + (f", max |d logit| {a['max_abs_diff']:.3g} (max |logit| "
                         f"{a['max_abs_logit']:.3g})" if "max_abs_diff" in a else "")
-          + f"; {c['int8_convs']}/{c['fp32_convs']} convs run in int8; ops on dequantised "
-          f"tensors: {', '.join(f'{k} {v}' for k, v in c['float_ops'].items()) or 'none'}")
+          + f"; {c['int8_convs']}/{c['fp32_convs']} convs run in int8"
+          + (f"; ops on dequantised tensors: "
+             f"{', '.join(f'{k} {v}' for k, v in c['float_ops'].items()) or 'none'}"
+             if "float_ops" in c else ""))
     if "latency_s" in int8:
         t = int8["latency_s"]
         print(f"int8: latency at 2 threads {t['fp32'] * 1e3:.1f} ms fp32, {t['int8'] * 1e3:.1f} "

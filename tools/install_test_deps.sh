@@ -14,7 +14,7 @@ PY=$("$PYTHON" -c "import sys; print(sys.executable)")  # absolute: have() runs 
 have() { (cd / && "$PY" -c "import $1") >/dev/null 2>&1; }
 
 if ! have pytest || ! have hypothesis || ! have scipy || ! have onnxruntime || ! have submitit \
-    || ! have cityscapesscripts || ! have onnxscript; then
+    || ! have cityscapesscripts || ! have onnxscript || ! have openvino || ! have nncf; then
   echo "[install] d2seg's test extra (pip install -e '.[test]')"
   "$PY" -m pip install -q -e ".[test]"
 fi

@@ -1,4 +1,5 @@
-"""An exported ``model.onnx`` (fp32 or INT8) run with ONNX Runtime in place of the PyTorch model.
+"""An exported ``model.onnx`` (fp32 or INT8) run with ONNX Runtime in place of the PyTorch model
+(or an INT8 OpenVINO IR, ``model_int8.xml``, run with OpenVINO).
 
 :class:`OnnxSegmentor` takes Detectron2's list of dicts like ``EncoderDecoder`` in inference
 (``image``: C x H x W, INPUT.FORMAT, 0-255, after the test mapper's resize; ``height``/``width``:
@@ -17,6 +18,7 @@ import torch
 
 from ..modeling.heads.base import resize
 from ..modeling.meta_arch.encoder_decoder import EncoderDecoder
+from .openvino_int8 import OpenVinoRunner, is_openvino_file
 
 __all__ = ["OnnxSegmentor"]
 
@@ -35,37 +37,27 @@ class OnnxSegmentor:
     """
 
     def __init__(self, path: str, cfg, threads: int = 0, providers=("CPUExecutionProvider",)):
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ImportError("running an ONNX file needs onnxruntime: pip install "
-                              "'d2seg[deploy]'") from e
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such ONNX file")
         if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r}: exported graphs take RGB, and "
                              "d2seg converts from 'RGB' or 'BGR' only")
-        options = ort.SessionOptions()
         if threads < 0:
-            raise ValueError(f"threads={threads} must be >= 0 (0: ONNX Runtime's default)")
-        options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(path, options, providers=list(providers))
-        except Exception as e:  # InvalidProtobuf, InvalidGraph, ...
-            raise ValueError(f"{path}: not an ONNX model ONNX Runtime can load "
-                             f"({type(e).__name__}: {e})") from e
+            raise ValueError(f"threads={threads} must be >= 0 (0: the runtime's default)")
+        if is_openvino_file(path):  # an OpenVINO IR (tools/export_model.py --int8-backend)
+            runner = OpenVinoRunner(path, threads)
+            input_shapes, output_shape = runner.inputs, runner.outputs[0]
+            self._run_array = runner
+        else:
+            input_shapes, output_shape = self._onnx_session(path, threads, providers)
         self.path, self.threads = path, threads
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, "3"):
-            found = ", ".join(f"{i.name} {i.shape}" for i in inputs)
-            raise ValueError(f"{path}: not a d2seg export: it takes {found}, expected one "
+        if (len(input_shapes) != 1 or len(input_shapes[0]) != 4
+                or input_shapes[0][1] not in (3, "3")):
+            raise ValueError(f"{path}: not a d2seg export: it takes {input_shapes}, expected one "
                              "N x 3 x H x W RGB image (tools/export_model.py --format onnx)")
-        self.input_name = inputs[0].name
-        self.input_hw = [d if isinstance(d, int) else None for d in inputs[0].shape[2:]]
-        self.outputs_labels = len(outputs[0].shape) == 3
+        self.input_hw = [d if isinstance(d, int) else None for d in input_shapes[0][2:]]
+        self.outputs_labels = len(output_shape) == 3
         self.info = self._read_export_json(path)
         self.num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-        graph_classes = None if self.outputs_labels else outputs[0].shape[1]
+        graph_classes = None if self.outputs_labels else output_shape[1]
         if not isinstance(graph_classes, int):
             graph_classes = self.info.get("num_classes")
         if isinstance(graph_classes, int) and graph_classes != self.num_classes:
@@ -77,6 +69,27 @@ class OnnxSegmentor:
         self.test_crop_size, self.test_stride = tuple(cfg.TEST.CROP_SIZE), tuple(cfg.TEST.STRIDE)
         self.device = torch.device("cpu")  # where sem_seg is returned (SemanticSegmentorWithTTA)
         self.seconds, self.images = 0.0, 0
+
+    def _onnx_session(self, path: str, threads: int, providers):
+        """Opens ``path`` with ONNX Runtime; the input shapes and the output shape."""
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ImportError("running an ONNX file needs onnxruntime: pip install "
+                              "'d2seg[deploy]'") from e
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such ONNX file")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(path, options, providers=list(providers))
+        except Exception as e:  # InvalidProtobuf, InvalidGraph, ...
+            raise ValueError(f"{path}: not an ONNX model ONNX Runtime can load "
+                             f"({type(e).__name__}: {e})") from e
+        name = self.session.get_inputs()[0].name
+        self._run_array = lambda x: self.session.run(None, {name: x})[0]
+        return ([i.shape for i in self.session.get_inputs()],
+                self.session.get_outputs()[0].shape)
 
     @staticmethod
     def _read_export_json(path: str) -> Dict:
@@ -95,7 +108,7 @@ class OnnxSegmentor:
                 f"{self.path} was exported for {self.input_hw[0]}x{self.input_hw[1]} (h x w) "
                 f"inputs only, but the test pipeline gives {h}x{w}: export it with --dynamic")
         start = time.perf_counter()
-        out = self.session.run(None, {self.input_name: image.float().numpy()})[0]
+        out = self._run_array(image.float().numpy())
         self.seconds += time.perf_counter() - start
         if not self.outputs_labels and out.shape[1] != self.num_classes:
             raise ValueError(f"{self.path} outputs {out.shape[1]} classes but the config has "

@@ -23,12 +23,15 @@ import numpy as np
 
 from ..utils.timing import interleaved_blocks
 from . import qdq_rewrites
+from .openvino_int8 import OpenVinoRunner, is_openvino_file, quantize_openvino, runtime_convs
 
-__all__ = ["RECIPE", "CALIBRATION_METHODS", "DEFAULT_METHOD", "require_onnxruntime",
-           "calibration_dicts", "CalibrationImages", "output_chain", "quantize_onnx",
+__all__ = ["RECIPE", "CALIBRATION_METHODS", "INT8_BACKENDS", "DEFAULT_METHOD",
+           "require_onnxruntime", "calibration_dicts", "CalibrationImages", "output_chain", "quantize_onnx",
            "compare_onnx", "count_fused_convs", "interleaved_latency", "quantize_and_verify"]
 
 CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
+# the two routes, measured in docs/deployment.md ("INT8 routes"); ONNX Runtime's is the default
+INT8_BACKENDS = ("onnxruntime", "openvino")
 DEFAULT_METHOD = "percentile"
 # the measured choice (docs/deployment.md, "INT8"): see the module docstring
 RECIPE = {"format": "QDQ", "activations": "QUInt8", "weights": "QInt8 per channel",
@@ -219,18 +222,27 @@ def _session(path: str, threads: int = 0, optimized_path: Optional[str] = None):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def _runner(path: str, threads: int = 0):
+    """``path`` (ONNX with ONNX Runtime, an OpenVINO IR .xml with OpenVINO) as a function of the
+    input array."""
+    if is_openvino_file(path):
+        return OpenVinoRunner(path, threads)
+    session = _session(path, threads)
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
 def compare_onnx(fp32_path: str, int8_path: str, images: CalibrationImages) -> Dict[str, float]:
-    """Runs both files on every batch of ``images``: argmax agreement (labels for a --labels
-    graph) over all pixels, and for logits the max |d logit| with the fp32 logits' max |logit|
-    (its scale)."""
-    fp32, int8 = _session(fp32_path), _session(int8_path)
-    name = fp32.get_inputs()[0].name
+    """Runs both files (the INT8 one ONNX or OpenVINO IR) on every batch of ``images``: argmax
+    agreement (labels for a --labels graph) over all pixels, and for logits the max |d logit|
+    with the fp32 logits' max |logit| (its scale)."""
+    fp32, int8 = _runner(fp32_path), _runner(int8_path)
     same = total = 0
     diff = scale = 0.0
     labels = None
     for k in range(len(images)):
         x = images.batch_at(k)
-        a, b = fp32.run(None, {name: x})[0], int8.run(None, {name: x})[0]
+        a, b = fp32(x), int8(x)
         labels = a.ndim == 3
         if labels:
             same += int((a == b).sum())
@@ -274,9 +286,8 @@ def interleaved_latency(paths: Dict[str, str], image: np.ndarray, *, threads: in
     """Median seconds per run of each file at ``threads`` intra-op threads, timed in ``rounds``
     interleaved blocks (:func:`~d2seg.utils.timing.interleaved_blocks`) after ``warmup``
     untimed runs of each, so that every file sees the same machine."""
-    sessions = {k: _session(p, threads) for k, p in paths.items()}
-    name = next(iter(sessions.values())).get_inputs()[0].name
-    runs = {k: (lambda s=s: s.run(None, {name: image})) for k, s in sessions.items()}
+    runners = {k: _runner(p, threads) for k, p in paths.items()}
+    runs = {k: (lambda r=r: r(image)) for k, r in runners.items()}
     for run in runs.values():
         for _ in range(warmup):
             run()
@@ -286,22 +297,31 @@ def interleaved_latency(paths: Dict[str, str], image: np.ndarray, *, threads: in
 
 def quantize_and_verify(cfg, fp32_path: str, int8_path: str, dataset_name: str,
                         num_images: int = 100, verify_images: int = 20,
-                        method: str = DEFAULT_METHOD, latency_rounds: int = 0) -> Dict:
+                        method: str = DEFAULT_METHOD, latency_rounds: int = 0,
+                        backend: str = "onnxruntime") -> Dict:
     """Calibrates on ``num_images`` of ``dataset_name`` (:class:`CalibrationImages`), writes
-    ``int8_path`` and checks it against ``fp32_path`` on up to ``verify_images`` other images of
-    the dataset (the calibration ones when it has no others), read the same way. Returns the
-    ``int8`` entry of export.json. With ``latency_rounds`` it also times both files (2 threads,
-    interleaved) on the first verification image."""
+    ``int8_path`` (``backend`` "onnxruntime": a QDQ ONNX file, :func:`quantize_onnx`;
+    "openvino": an OpenVINO IR, :func:`~d2seg.export.openvino_int8.quantize_openvino`) and
+    checks it against ``fp32_path`` on up to ``verify_images`` other images of the dataset (the
+    calibration ones when it has no others), read the same way. Returns the ``int8`` entry of
+    export.json. With ``latency_rounds`` it also times both files (2 threads, interleaved) on
+    the first verification image."""
     import onnx
     import onnxruntime
 
+    if backend not in INT8_BACKENDS:
+        raise ValueError(f"INT8 backend {backend!r} is not one of {INT8_BACKENDS}")
     require_onnxruntime()
     graph_input = onnx.load(fp32_path, load_external_data=False).graph.input[0]
     shape = [d.dim_value if d.HasField("dim_value") else None
              for d in graph_input.type.tensor_type.shape.dim]
     calib = CalibrationImages(cfg, calibration_dicts(dataset_name, num_images), shape,
                               graph_input.name)
-    settings = quantize_onnx(fp32_path, int8_path, calib, method=method)
+    if backend == "openvino":
+        keep_float = output_chain(onnx.load(fp32_path, load_external_data=False))
+        settings = quantize_openvino(fp32_path, int8_path, calib, keep_float=keep_float)
+    else:
+        settings = quantize_onnx(fp32_path, int8_path, calib, method=method)
     try:
         held_out = calibration_dicts(dataset_name, verify_images, skip=calib.dicts)
     except ValueError:  # every image went into calibration
@@ -310,6 +330,7 @@ def quantize_and_verify(cfg, fp32_path: str, int8_path: str, dataset_name: str,
                               graph_input.name)
     info = {
         "file": os.path.basename(int8_path),
+        "backend": backend,
         **settings,
         "calibration_dataset": dataset_name,
         "calibration_images": len(calib.dicts),
@@ -318,7 +339,8 @@ def quantize_and_verify(cfg, fp32_path: str, int8_path: str, dataset_name: str,
         "verification_images": len(check.dicts),
         "verification_held_out": held_out is not None,
         "agreement": compare_onnx(fp32_path, int8_path, check),
-        "convs": count_fused_convs(fp32_path, int8_path),
+        "convs": (runtime_convs if backend == "openvino" else count_fused_convs)(fp32_path,
+                                                                                int8_path),
         "onnxruntime": onnxruntime.__version__,
     }
     if latency_rounds:
