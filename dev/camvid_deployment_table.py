@@ -11,7 +11,9 @@ after timing each model's three forms on one CamVid test image in the same proce
   ``optimize_for_inference``, the image normalised inside as in the graph), ORT fp32 and ORT
   INT8 take turns in blocks (A-B-C, then C-B-A; each block 3 untimed runs then 5 timed ones:
   ``d2seg.utils.timing.interleaved_blocks``), ``--threads`` intra-op threads each, on the first
-  test image after the config's test resize (360 x 480; LR-ASPP: 392 x 523).
+  test image after the config's test resize (360 x 480; LR-ASPP: 392 x 523);
+- where the script also wrote the OpenVINO route (``<name>/openvino/model_int8.xml`` and
+  ``eval_openvino_int8/``), a second table with its mIoU and its time in the same rounds.
 """
 import argparse
 import json
@@ -67,13 +69,20 @@ def time_model(name, out, rounds, threads):
                                         providers=["CPUExecutionProvider"])
                 for k in ("model", "model_int8")}
     feed = {sessions["model"].get_inputs()[0].name: rgb}
+    engines = {
+        "pytorch": lambda: model(inputs)[0]["sem_seg"],
+        "ort_fp32": lambda: sessions["model"].run(None, feed),
+        "ort_int8": lambda: sessions["model_int8"].run(None, feed),
+    }
+    ir = os.path.join(out, name, "openvino", "model_int8.xml")
+    if os.path.isfile(ir):  # the OpenVINO route (export_model.py --int8-backend openvino)
+        from d2seg.export.openvino_int8 import OpenVinoRunner
+
+        openvino = OpenVinoRunner(ir, threads)
+        engines["ov_int8"] = lambda: openvino(rgb)
     torch.set_num_threads(threads)
     with torch.no_grad():
-        times = interleaved_blocks({
-            "pytorch": lambda: model(inputs)[0]["sem_seg"],
-            "ort_fp32": lambda: sessions["model"].run(None, feed),
-            "ort_int8": lambda: sessions["model_int8"].run(None, feed),
-        }, rounds=rounds)
+        times = interleaved_blocks(engines, rounds=rounds)
     seconds = {k: statistics.median(v) for k, v in times.items()}
     return seconds, tuple(image.shape[-2:]), sum(p.numel() for p in model.parameters())
 
@@ -88,7 +97,7 @@ def main():
     args = p.parse_args()
     import d2seg  # noqa: F401  (registers the datasets)
 
-    rows, figures = [], {}
+    rows, ov_rows, figures = [], [], {}
     for name in args.names:
         d = os.path.join(args.out, name)
         miou = {"pytorch": read_pytorch_miou(os.path.join(d, "eval_pytorch.log"))}
@@ -97,6 +106,10 @@ def main():
                 miou[k] = json.load(f)["sem_seg"]["mIoU"]
         with open(os.path.join(d, "onnx", "export.json")) as f:
             int8 = json.load(f)["int8"]
+        ov_metrics = os.path.join(d, "eval_openvino_int8", "metrics.json")
+        if os.path.isfile(ov_metrics):
+            with open(ov_metrics) as f:
+                miou["openvino_int8"] = json.load(f)["sem_seg"]["mIoU"]
         seconds, hw, params = time_model(name, args.out, args.rounds, args.threads)
         ms = {k: 1e3 * v for k, v in seconds.items()}
         figures[name] = {"miou": miou, "ms": ms, "input_hw": hw, "params": params,
@@ -108,6 +121,12 @@ def main():
             f"{miou['model_int8'] - miou['model']:+.2f} | {ms['pytorch']:.1f} | "
             f"{ms['ort_fp32']:.1f} | {ms['ort_int8']:.1f} | "
             f"{ms['ort_int8'] / ms['ort_fp32']:.2f}x | {1e3 / min(ms.values()):.1f} |")
+        if "ov_int8" in ms and "openvino_int8" in miou:
+            ov_rows.append(
+                f"| {name} | {miou['model']:.2f} | {miou['openvino_int8']:.2f} | "
+                f"{miou['openvino_int8'] - miou['model']:+.2f} | {ms['ort_fp32']:.1f} | "
+                f"{ms['ort_int8']:.1f} | {ms['ov_int8']:.1f} | "
+                f"{ms['ov_int8'] / ms['ort_fp32']:.2f}x | {ms['ov_int8'] / ms['ort_int8']:.2f}x |")
         print(f"{name}: {json.dumps(figures[name])}", file=sys.stderr, flush=True)
     load = [round(x, 2) for x in os.getloadavg()]
     print(f"{args.threads} threads, medians of {args.rounds} interleaved rounds of blocks; load "
@@ -117,6 +136,13 @@ def main():
           "images/s (fastest) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    if ov_rows:
+        print("\nThe OpenVINO route (model_int8.xml), timed in the same rounds:\n")
+        print("| model | mIoU ORT fp32 | mIoU OpenVINO INT8 | OV INT8 - fp32 | ms ORT fp32 | "
+              "ms ORT INT8 | ms OpenVINO INT8 | OV INT8 / ORT fp32 time | OV INT8 / ORT INT8 "
+              "time |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(ov_rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)
