@@ -128,14 +128,13 @@ def quantize_openvino(fp32_path: str, xml_path: str, reader, *, keep_float: List
             "openvino": ov.__version__, "nncf": nncf.__version__}
 
 
-def runtime_convs(fp32_path: str, xml_path: str) -> Dict:
+def runtime_convs(fp32_path: str, xml_path: str, input_shape) -> Dict:
     """Convs of the fp32 ONNX file against the convolutions OpenVINO's CPU plugin runs in 8 bits
-    for ``xml_path`` (its runtime model's ``runtimePrecision``)."""
+    for ``xml_path`` compiled for inputs of ``input_shape`` (its runtime model's
+    ``runtimePrecision``)."""
     import onnx
 
-    runner = OpenVinoRunner(xml_path)
-    shape = [d if d is not None else 64 for d in runner.inputs[0]]  # any size: the same convs
-    compiled = runner.compiled_for([1, *shape[1:]])
+    compiled = OpenVinoRunner(xml_path).compiled_for(input_shape)
     precisions = []
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()

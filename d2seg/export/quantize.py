@@ -339,8 +339,8 @@ def quantize_and_verify(cfg, fp32_path: str, int8_path: str, dataset_name: str,
         "verification_images": len(check.dicts),
         "verification_held_out": held_out is not None,
         "agreement": compare_onnx(fp32_path, int8_path, check),
-        "convs": (runtime_convs if backend == "openvino" else count_fused_convs)(fp32_path,
-                                                                                int8_path),
+        "convs": (runtime_convs(fp32_path, int8_path, check.batch_at(0).shape)
+                  if backend == "openvino" else count_fused_convs(fp32_path, int8_path)),
         "onnxruntime": onnxruntime.__version__,
     }
     if latency_rounds:
