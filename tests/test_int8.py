@@ -1,6 +1,7 @@
 """export_model.py --int8: a tiny random-weight FCN quantised (ONNX Runtime, static QDQ) on a few
 images of the built-in d2seg_shapes_val through the test pipeline; the tool's files, export.json's
 int8 entry and its errors; the calibration images are the test mapper's."""
+import importlib.util
 import json
 import os
 import sys
@@ -246,3 +247,33 @@ def test_openvino_errors_name_the_file_and_the_extra(tmp_path, weights, capsys, 
     assert _run(_args(tmp_path / "e", weights, ["--int8-backend", "openvino"])) == 2
     assert "pip install 'd2seg[openvino]'" in capsys.readouterr().err
     assert not (tmp_path / "e").exists() or os.listdir(tmp_path / "e") == []
+
+
+def test_int8_keep_float_keeps_the_named_nodes(tmp_path, weights, capsys):
+    """--int8-keep-float REGEX (repeatable): the nodes it finds stay float, in export.json's
+    kept_in_float and in ORT's optimised graph; a pattern that finds nothing fails the INT8 step
+    with the pattern and example names, model.onnx kept."""
+    out = tmp_path / "a"
+    assert _run(_args(out, weights, ["--int8-keep-float", "/decode_head/convs",
+                                     "--int8-keep-float", "conv_cat"])) == 0
+    int8 = json.loads((out / "export.json").read_text())["int8"]
+    kept = int8["kept_in_float"]
+    assert {"/decode_head/convs.0/Conv", "/decode_head/convs.1/Conv",
+            "/decode_head/conv_cat/Conv", "/decode_head/conv_seg/Conv"} <= set(kept)
+    assert all("decode_head" in k or "Resize" in k for k in kept)
+    convs = int8["convs"]
+    assert convs["float_convs_left"] == 4 and convs["int8_convs"] == convs["fp32_convs"] - 4
+    capsys.readouterr()
+    out = tmp_path / "b"
+    assert _run(_args(out, weights, ["--int8-keep-float", "no_such_node"])) == 1
+    err = capsys.readouterr().err
+    assert "--int8-keep-float 'no_such_node' matches no node of" in err
+    assert "/backbone/" in err
+    assert sorted(os.listdir(out)) == ["export.json", "model.onnx"]
+    # the OpenVINO route keeps the same nodes in float
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
+        out = tmp_path / "c"
+        assert _run(_args(out, weights, ["--int8-backend", "openvino", "--int8-keep-float",
+                                         "/decode_head/conv"])) == 0
+        int8 = json.loads((out / "export.json").read_text())["int8"]
+        assert int8["convs"]["float_convs_left"] == 4

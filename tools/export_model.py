@@ -241,6 +241,10 @@ def add_int8_args(p):
                    "of the dataset on which model_int8.onnx is compared with model.onnx")
     p.add_argument("--int8-latency", type=int, default=0, metavar="ROUNDS", help="also time both "
                    "files at 2 threads (median of ROUNDS interleaved rounds)")
+    p.add_argument("--int8-keep-float", action="append", default=[], metavar="REGEX",
+                   help="also keep in float the nodes of model.onnx whose names this regular "
+                   "expression finds (repeatable; e.g. '/decode_head/cca' for CCNet's "
+                   "attention); the classifier and what follows it always are")
     p.add_argument("--int8-backend", default="onnxruntime", choices=("onnxruntime", "openvino"),
                    help="onnxruntime (default): model_int8.onnx, ONNX Runtime QDQ; openvino: "
                    "model_int8.xml/.bin, NNCF into an OpenVINO IR (pip install 'd2seg[openvino]'"
@@ -286,7 +290,7 @@ def add_int8(cfg, args, path, info) -> bool:
     try:
         int8 = quantize_and_verify(cfg, path, tmp, args.calib_dataset, args.calib_images,
                                    args.int8_check_images, args.calib_method, args.int8_latency,
-                                   backend=args.int8_backend)
+                                   backend=args.int8_backend, keep_float=args.int8_keep_float)
     except Exception as e:
         for suffix in (".onnx", ".xml", ".bin"):  # an older one would not match the new model
             remove_quietly(os.path.join(args.output, ".partial-model_int8" + suffix))

@@ -15,6 +15,7 @@ Nothing here runs on import: onnxruntime is the ``deploy`` extra's.
 """
 import importlib
 import os
+import re
 import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
@@ -26,7 +27,8 @@ from . import qdq_rewrites
 from .openvino_int8 import OpenVinoRunner, is_openvino_file, quantize_openvino, runtime_convs
 
 __all__ = ["RECIPE", "CALIBRATION_METHODS", "INT8_BACKENDS", "DEFAULT_METHOD",
-           "require_onnxruntime", "calibration_dicts", "CalibrationImages", "output_chain", "quantize_onnx",
+           "require_onnxruntime", "calibration_dicts", "CalibrationImages", "output_chain",
+           "nodes_matching", "quantize_onnx",
            "compare_onnx", "count_fused_convs", "interleaved_latency", "quantize_and_verify"]
 
 CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
@@ -155,6 +157,26 @@ def output_chain(model) -> List[str]:
     return names
 
 
+def nodes_matching(model, patterns: Sequence[str], path: str = "model.onnx") -> List[str]:
+    """Names of the nodes of ``model`` that a regular expression of ``patterns`` finds
+    (``re.search``), in graph order; ValueError naming a pattern that finds none."""
+    names = [n.name for n in model.graph.node]
+    found = []
+    for pattern in patterns:
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"--int8-keep-float {pattern!r}: not a regular expression "
+                             f"({e})") from e
+        hits = [n for n in names if regex.search(n)]
+        if not hits:
+            convs = [n.name for n in model.graph.node if n.op_type == "Conv"][:3]
+            raise ValueError(f"--int8-keep-float {pattern!r} matches no node of {path} (its "
+                             f"node names look like {', '.join(convs)})")
+        found += [n for n in hits if n not in found]
+    return found
+
+
 def _name_nodes(model) -> None:
     """Unnamed nodes cannot be excluded by name: give them unique ones."""
     used = {n.name for n in model.graph.node}
@@ -170,7 +192,7 @@ def _name_nodes(model) -> None:
 def quantize_onnx(fp32_path: str, int8_path: str, reader: CalibrationImages, *,
                   method: str = DEFAULT_METHOD, keep_output_chain: bool = True,
                   per_channel: bool = True, activation_type: str = "QUInt8",
-                  graph_rewrites: bool = True) -> Dict:
+                  graph_rewrites: bool = True, keep_float: Sequence[str] = ()) -> Dict:
     """Writes ``int8_path``: ``fp32_path`` pre-processed (shape inference, ORT's basic graph
     optimisations) and quantised statically (:data:`RECIPE`), calibrated on ``reader``; with
     ``graph_rewrites``, :mod:`~d2seg.export.qdq_rewrites`' before and after quantisation.
@@ -192,6 +214,7 @@ def quantize_onnx(fp32_path: str, int8_path: str, reader: CalibrationImages, *,
         rewrites = qdq_rewrites.before_quantization(model) if graph_rewrites else {}
         onnx.save(model, pre)
         excluded = output_chain(model) if keep_output_chain else []
+        excluded += [n for n in nodes_matching(model, keep_float, fp32_path) if n not in excluded]
         reader.rewind()
         quantized = os.path.join(tmp, "int8.onnx")
         q.quantize_static(
@@ -277,7 +300,8 @@ def count_fused_convs(fp32_path: str, int8_path: str) -> Dict:
     ops = [n.op_type for n in nodes]
     return {"fp32_convs": convs, "int8_convs": sum(op in ("QLinearConv", "ConvInteger") or
                                                    op.endswith("QLinearConv") for op in ops),
-            "float_convs_left": sum(op == "Conv" for op in ops),
+            # FusedConv: a float Conv + activation ORT fused
+            "float_convs_left": sum(op in ("Conv", "FusedConv") for op in ops),
             "float_ops": dict(sorted(float_ops.items()))}
 
 
@@ -298,12 +322,14 @@ def interleaved_latency(paths: Dict[str, str], image: np.ndarray, *, threads: in
 def quantize_and_verify(cfg, fp32_path: str, int8_path: str, dataset_name: str,
                         num_images: int = 100, verify_images: int = 20,
                         method: str = DEFAULT_METHOD, latency_rounds: int = 0,
-                        backend: str = "onnxruntime") -> Dict:
+                        backend: str = "onnxruntime", keep_float: Sequence[str] = ()) -> Dict:
     """Calibrates on ``num_images`` of ``dataset_name`` (:class:`CalibrationImages`), writes
     ``int8_path`` (``backend`` "onnxruntime": a QDQ ONNX file, :func:`quantize_onnx`;
     "openvino": an OpenVINO IR, :func:`~d2seg.export.openvino_int8.quantize_openvino`) and
     checks it against ``fp32_path`` on up to ``verify_images`` other images of the dataset (the
-    calibration ones when it has no others), read the same way. Returns the ``int8`` entry of
+    calibration ones when it has no others), read the same way. The nodes whose names a
+    regular expression of ``keep_float`` finds stay in float too (an attention head, say).
+    Returns the ``int8`` entry of
     export.json. With ``latency_rounds`` it also times both files (2 threads, interleaved) on
     the first verification image."""
     import onnx
@@ -318,10 +344,13 @@ def quantize_and_verify(cfg, fp32_path: str, int8_path: str, dataset_name: str,
     calib = CalibrationImages(cfg, calibration_dicts(dataset_name, num_images), shape,
                               graph_input.name)
     if backend == "openvino":
-        keep_float = output_chain(onnx.load(fp32_path, load_external_data=False))
-        settings = quantize_openvino(fp32_path, int8_path, calib, keep_float=keep_float)
+        graph = onnx.load(fp32_path, load_external_data=False)
+        names = output_chain(graph)
+        names += [n for n in nodes_matching(graph, keep_float, fp32_path) if n not in names]
+        settings = quantize_openvino(fp32_path, int8_path, calib, keep_float=names)
     else:
-        settings = quantize_onnx(fp32_path, int8_path, calib, method=method)
+        settings = quantize_onnx(fp32_path, int8_path, calib, method=method,
+                                 keep_float=keep_float)
     try:
         held_out = calibration_dicts(dataset_name, verify_images, skip=calib.dicts)
     except ValueError:  # every image went into calibration
