@@ -18,7 +18,6 @@ after timing each model's three forms on one CamVid test image in the same proce
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 

@@ -4,7 +4,8 @@ routes").
 
 The other route to ONNX Runtime's QDQ file (:mod:`d2seg.export.quantize`): on CPUs with AMX
 (Intel Xeon 4th gen and later, this project's machine) OpenVINO's oneDNN kernels ran STDC1,
-BiSeNetV2 and LR-ASPP 1.4-2.9x faster than ORT's INT8 file. Settings: NNCF's defaults for CNNs
+BiSeNetV2 and LR-ASPP 1.35-2.6x faster than ORT's INT8 file (Fast-SCNN and a narrow PSPNet
+slower). Settings: NNCF's defaults for CNNs
 (symmetric 8-bit, the PERFORMANCE preset, fast bias correction) with ``overflow_fix`` off (it
 halves the first conv's weight range for CPUs without VNNI), the classifier conv and what follows
 it left in float as in the ORT recipe, and the float parts run in f32 (OpenVINO's default on
@@ -73,6 +74,10 @@ class OpenVinoRunner:
 
     def compiled_for(self, shape) -> "object":
         """The compiled model for inputs of ``shape`` (compiled on first use)."""
+        return self._entry(shape)[0]
+
+    def _entry(self, shape) -> tuple:
+        """(compiled model, its infer request) for inputs of ``shape``."""
         shape = tuple(int(s) for s in shape)
         if shape not in self._compiled:
             model = self.model.clone()
@@ -86,11 +91,10 @@ class OpenVinoRunner:
             if len(self._compiled) >= self.cache:
                 self._compiled.pop(next(iter(self._compiled)))
             self._compiled[shape] = (compiled, compiled.create_infer_request())
-        return self._compiled[shape][0]
+        return self._compiled[shape]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        compiled = self.compiled_for(x.shape)
-        request = self._compiled[tuple(int(s) for s in x.shape)][1]
+        compiled, request = self._entry(x.shape)
         return request.infer({0: x})[compiled.outputs[0]].copy()
 
 

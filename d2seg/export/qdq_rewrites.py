@@ -130,7 +130,7 @@ def shapes_read_quantized(model) -> int:
 def pads_on_quantized(model) -> int:
     """Runs each zero ``Pad`` between a DequantizeLinear and a QuantizeLinear of equal scale and
     zero point on the quantised tensor, padding with the zero point. Returns how many."""
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
     producer, users = _producers(model), _consumers(model)
     outputs = {o.name for o in model.graph.output}
@@ -163,8 +163,7 @@ def pads_on_quantized(model) -> int:
                     node.input[j] = pad.output[0]
         for info in model.graph.value_info:  # the pad's output is now the quantised type
             if info.name == pad.output[0]:
-                info.type.tensor_type.elem_type = next(
-                    t.data_type for t in model.graph.initializer if t.name == dq.input[2])
+                info.type.tensor_type.elem_type = helper.np_dtype_to_tensor_dtype(params[1].dtype)
         model.graph.node.remove(q)
         count += 1
     _remove_unused_dequantize(model)  # a DequantizeLinear may still feed other nodes

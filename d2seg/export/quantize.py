@@ -17,7 +17,6 @@ import importlib
 import os
 import re
 import tempfile
-import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
